@@ -1,0 +1,157 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""The ``mmconv`` command and the ``tools/model_converters`` scripts.
+
+Only argparse and the format table are imported at start-up, so ``--help``
+costs little more than starting Python; torch is imported when a command
+runs.
+"""
+import argparse
+import sys
+from typing import Callable, List, Optional
+
+from .errors import MMConvError
+from .formats import FORMATS
+
+__all__ = ['main', 'selfsup2mmdet_main', 'add_convert_arguments']
+
+EPILOG = ('Use the output in an MMDetection config with\n'
+          "  model = dict(backbone=dict(init_cfg=dict(type='Pretrained', "
+          "checkpoint='DST')))\n"
+          'or skip this step: custom_imports=dict(imports=[\'mmconv\']) and\n'
+          "  init_cfg=dict(type='SelfSupPretrained', checkpoint='SRC').")
+
+
+def _format_help() -> str:
+    """One line per format for ``--help``."""
+    return 'source format (default: auto-detect): ' + '; '.join(
+        f'{f.name}={f.title.split(" (")[0]}' for f in FORMATS.values())
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser,
+                          format_flag: str = '--selfsup') -> None:
+    """Add the arguments shared by every conversion command."""
+    parser.add_argument('src', metavar='SRC', help='source checkpoint')
+    parser.add_argument('dst', metavar='DST',
+                        help='output checkpoint (.pth, or .safetensors)')
+    parser.add_argument(format_flag, dest='fmt', default='auto',
+                        choices=['auto'] + list(FORMATS),
+                        help=_format_help())
+    _add_load_arguments(parser)
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite DST if it exists')
+    parser.add_argument('--out-format', choices=['pytorch', 'safetensors'],
+                        help='output format (default: from DST extension)')
+    parser.add_argument('--publish', action='store_true',
+                        help='append the sha256 prefix to the file name, as '
+                        "MMDetection's publish_model.py does")
+    parser.add_argument('-v', '--verbose', action='store_true',
+                        help='print every old -> new key')
+
+
+def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments about reading the source."""
+    parser.add_argument('--select', choices=['teacher', 'student'],
+                        help='network to take from teacher/student '
+                        'checkpoints such as DINO\'s (default: teacher)')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='allow arbitrary pickled objects in SRC: this '
+                        'runs code from the file, use only for files you '
+                        'trust')
+
+
+def _run(func: Callable[[argparse.Namespace], None],
+         args: argparse.Namespace) -> int:
+    """Run a command; expected errors become one line and an exit code."""
+    try:
+        func(args)
+    except MMConvError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print('error: interrupted; nothing was written', file=sys.stderr)
+        return 130
+    return 0
+
+
+def _warn(message: str) -> None:
+    """Print a warning line."""
+    print(f'warning: {message}', file=sys.stderr)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    """``convert``: load, convert, write, print the report."""
+    from .api import convert_file
+    written = convert_file(args.src, args.dst, args.fmt, select=args.select,
+                           unsafe=args.unsafe_load, force=args.force,
+                           out_format=args.out_format, publish=args.publish,
+                           warn=_warn)
+    report = written.result.report
+    if args.verbose:
+        print(report.details())
+    print(report.summary())
+    print(f'output:   {written.path} (sha256 {written.sha256[:16]}...)')
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    """``inspect``: detect the format and show what would be kept."""
+    from .api import load_and_convert
+    result = load_and_convert(args.src, args.fmt, select=args.select,
+                              unsafe=args.unsafe_load, warn=_warn)
+    if args.verbose:
+        print(result.report.details())
+    print(f'file:     {args.src}')
+    print(result.report.summary())
+
+
+def _formats(args: argparse.Namespace) -> None:
+    """``formats``: list the supported formats."""
+    for f in FORMATS.values():
+        print(f'{f.name:12s} {f.title}')
+        if args.verbose:
+            print(f'{"":12s}   {f.source}')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mmconv`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog='mmconv', description='Convert checkpoints for MMDetection.',
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+    p = sub.add_parser('convert', help='convert a checkpoint',
+                       epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_convert_arguments(p, '--from')
+    p.set_defaults(func=_convert)
+    p = sub.add_parser('inspect', help='detect the format of a checkpoint '
+                       'and show what would be kept')
+    p.add_argument('src', metavar='FILE')
+    p.add_argument('--from', dest='fmt', default='auto',
+                   choices=['auto'] + list(FORMATS))
+    _add_load_arguments(p)
+    p.add_argument('-v', '--verbose', action='store_true')
+    p.set_defaults(func=_inspect)
+    p = sub.add_parser('formats', help='list the supported formats')
+    p.add_argument('-v', '--verbose', action='store_true')
+    p.set_defaults(func=_formats)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``mmconv`` console command."""
+    args = build_parser().parse_args(argv)
+    return _run(args.func, args)
+
+
+def selfsup2mmdet_main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``tools/model_converters/selfsup2mmdet.py``.
+
+    Accepts MMDetection's ``selfsup2mmdet.py SRC DST --selfsup {moco,swav}``
+    and every other mmconv format; ``--selfsup`` defaults to ``auto``.
+    """
+    parser = argparse.ArgumentParser(
+        description='Convert a self-supervised pre-training checkpoint into '
+        'MMDetection ResNet backbone weights.', epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_convert_arguments(parser, '--selfsup')
+    args = parser.parse_args(argv)
+    return _run(_convert, args)

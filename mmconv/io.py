@@ -1,0 +1,346 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""Reading and writing checkpoints: the only module that touches files.
+
+Reading never runs code from the file: PyTorch files go through
+``torch.load(weights_only=True)`` with the narrow allowlist
+:data:`SAFE_GLOBALS`; ``.pkl`` files through :class:`RestrictedUnpickler`
+(numpy arrays/dtypes and plain containers only); ``.safetensors`` through
+safetensors. Anything else needs an explicit ``unsafe=True``.
+
+Writing is atomic: a temporary file in the destination directory, flushed
+and fsynced, then ``os.replace``; an interrupted write leaves the previous
+destination (or none), never a truncated file.
+"""
+import argparse
+import errno
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import tempfile
+import warnings
+import zipfile
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import InputError, OutputError, UnsafeCheckpointError
+
+__all__ = ['load_file', 'save_file', 'SAFE_GLOBALS', 'RestrictedUnpickler',
+           'check_destination']
+
+
+def _numpy_globals() -> List[Any]:
+    """numpy objects numpy-holding checkpoints reference when unpickled."""
+    from numpy.core import multiarray
+    found = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    # numpy>=1.25 pickles dtypes as numpy.dtypes.<Name>DType classes.
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is not None:
+        found += [getattr(dtypes, n) for n in dir(dtypes)
+                  if n.endswith('DType')]
+    return found
+
+
+def _mmengine_globals() -> List[Any]:
+    """MMEngine logging objects stored in ``message_hub`` of its checkpoints."""
+    try:
+        from mmengine.logging import HistoryBuffer
+    except ImportError:  # pragma: no cover - mmengine is a dependency
+        return []
+    return [HistoryBuffer]
+
+
+#: Benign classes/functions real checkpoints contain, admitted by
+#: ``torch.load(weights_only=True)``: ``argparse.Namespace`` (``args`` of
+#: MoCo/DINO/DETR checkpoints), numpy arrays, dtypes and scalars (epoch
+#: counters, detectron2 arrays), MMEngine's ``HistoryBuffer``.
+SAFE_GLOBALS: List[Any] = ([argparse.Namespace] + _numpy_globals() +
+                           _mmengine_globals())
+
+#: ``(module, name)`` pairs :class:`RestrictedUnpickler` admits.
+PICKLE_ALLOWLIST = frozenset([
+    ('collections', 'OrderedDict'),
+    ('numpy', 'ndarray'), ('numpy', 'dtype'),
+    ('numpy.core.multiarray', '_reconstruct'),
+    ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.multiarray', 'scalar'),
+    ('numpy._core.multiarray', 'scalar'),
+    ('numpy.core.numeric', '_frombuffer'),
+    ('numpy._core.numeric', '_frombuffer'),
+    ('_codecs', 'encode'),
+])
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler admitting only numpy arrays/dtypes and plain containers."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Resolve a global only if it is on :data:`PICKLE_ALLOWLIST`."""
+        if (module, name) in PICKLE_ALLOWLIST or (
+                module == 'numpy.dtypes' and name.endswith('DType')):
+            return super().find_class(module.replace('numpy._core',
+                                                     'numpy.core'), name)
+        raise pickle.UnpicklingError(
+            f'Unsupported global: GLOBAL {module}.{name}')
+
+
+def _check_source(path: str) -> None:
+    """Raise :class:`InputError` unless ``path`` is a non-empty file."""
+    if not os.path.exists(path):
+        raise InputError(f'{path}: no such file; check the path')
+    if os.path.isdir(path):
+        raise InputError(f'{path} is a directory; give the checkpoint file '
+                         'inside it')
+    if os.path.getsize(path) == 0:
+        raise InputError(f'{path} is empty (0 bytes): the download or copy '
+                         'did not complete; fetch it again')
+
+
+def _unsafe_message(path: str, err: Exception) -> Optional[str]:
+    """The refusal message if ``err`` is a weights-only refusal."""
+    text = str(err)
+    m = re.search(r'(?:Unsupported global|GLOBAL)[: ]+(?:GLOBAL )?'
+                  r'([\w\.]+(?: ?\.[\w]+)?)', text)
+    if 'Unsupported' not in text and 'Weights only load failed' not in text \
+            and m is None:
+        return None
+    what = m.group(1).replace(' ', '') if m else 'an unsupported operation'
+    return (f'{path}: refused to load: it needs {what}, which is not on '
+            "mmconv's allowlist of safe types and could run code; if you "
+            'trust the file, rerun with --unsafe-load (unsafe_load=True)')
+
+
+def _corrupt(path: str, err: Exception) -> InputError:
+    """A one-line 'truncated or corrupt' error for ``path``."""
+    detail = str(err).strip().splitlines()[0] if str(err).strip() \
+        else type(err).__name__
+    return InputError(f'{path}: not a readable checkpoint, or truncated/'
+                      f'corrupt ({detail[:120]}); download it again')
+
+
+def _load_pickle(path: str, unsafe: bool) -> Any:
+    """Load a ``.pkl`` with the restricted unpickler."""
+    with open(path, 'rb') as f:
+        try:
+            if unsafe:
+                return pickle.load(f, encoding='latin1')
+            return RestrictedUnpickler(f, encoding='latin1').load()
+        except pickle.UnpicklingError as err:
+            msg = _unsafe_message(path, err)
+            if msg:
+                raise UnsafeCheckpointError(msg) from None
+            raise _corrupt(path, err) from None
+        except (EOFError, ValueError, TypeError, AttributeError,
+                ImportError, IndexError, KeyError) as err:
+            raise _corrupt(path, err) from None
+
+
+def _load_safetensors(path: str) -> Dict[str, Any]:
+    """Load a ``.safetensors`` file as ``{'state_dict': ..., 'meta': ...}``."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(path, framework='pt', device='cpu') as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise _corrupt(path, err) from None
+    return {'state_dict': tensors, 'meta': dict(meta)}
+
+
+def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
+              warn: Callable[[str], None] = None) -> Any:
+    """Load a checkpoint file without running code from it.
+
+    Args:
+        path (str): ``.pth``/``.pth.tar``/``.pt``/``.pkl``/``.safetensors``.
+        unsafe (bool): Allow arbitrary pickled objects (runs code from the
+            file; only for files you trust). Defaults to False.
+        mmap (bool): Memory-map zip-format PyTorch files so only the tensors
+            that are used are read. Defaults to True.
+        warn (callable, optional): Receives the warning printed for
+            ``unsafe=True``. Defaults to :func:`warnings.warn`.
+
+    Returns:
+        The loaded object (usually a dict).
+
+    Raises:
+        InputError: Missing, directory, empty, truncated or corrupt file.
+        UnsafeCheckpointError: The file needs a global not on the allowlist.
+    """
+    path = os.fspath(path)
+    _check_source(path)
+    if unsafe:
+        (warn or warnings.warn)(
+            f'loading {path} with unsafe_load: pickled code in it WILL run')
+    if path.endswith('.safetensors'):
+        return _load_safetensors(path)
+    if path.endswith(('.pkl', '.pickle')):
+        return _load_pickle(path, unsafe)
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        if unsafe:
+            return torch.load(path, map_location='cpu', weights_only=False,
+                              mmap=mmap and is_zip)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True,
+                              mmap=mmap and is_zip)
+    except pickle.UnpicklingError as err:
+        msg = _unsafe_message(path, err)
+        if msg:
+            raise UnsafeCheckpointError(msg) from None
+        raise _corrupt(path, err) from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError,
+            AttributeError, TypeError, IndexError, zipfile.BadZipFile,
+            UnicodeDecodeError) as err:
+        raise _corrupt(path, err) from None
+
+
+def check_destination(dst: str, src: Optional[str] = None,
+                      force: bool = False) -> None:
+    """Refuse destinations that must not be written.
+
+    Args:
+        dst (str): Output path.
+        src (str, optional): Source path; writing over it is refused.
+        force (bool): Allow overwriting an existing ``dst``.
+
+    Raises:
+        OutputError: ``dst`` is the source, a directory, already exists
+            without ``force``, or its directory is missing/unwritable.
+    """
+    dst = os.fspath(dst)
+    parent = os.path.dirname(os.path.abspath(dst))
+    if src is not None and os.path.exists(dst) and os.path.exists(src) \
+            and os.path.samefile(src, dst):
+        raise OutputError(f'{dst} is the source file itself; write the '
+                          'converted checkpoint to another path')
+    if os.path.isdir(dst):
+        raise OutputError(f'{dst} is a directory; give a file name such as '
+                          f'{os.path.join(dst, "converted.pth")}')
+    if os.path.exists(dst) and not force:
+        raise OutputError(f'{dst} already exists; pass --force to overwrite '
+                          'it')
+    if not os.path.isdir(parent):
+        raise OutputError(f'{dst}: directory {parent} does not exist; '
+                          'create it first')
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f'{dst}: directory {parent} is not writable')
+
+
+class _HashingWriter(io.RawIOBase):
+    """File wrapper computing sha256 of everything written through it."""
+
+    def __init__(self, raw) -> None:
+        self.raw, self.sha256 = raw, hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _safetensors_bytes(obj: Dict[str, Any]) -> bytes:
+    """Serialise ``{'state_dict', 'meta'}`` as safetensors bytes."""
+    from safetensors.torch import save
+    meta = {k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in (obj.get('meta') or {}).items()}
+    tensors = {k: v.contiguous() for k, v in obj['state_dict'].items()}
+    return save(tensors, metadata=meta)
+
+
+def save_file(obj: Dict[str, Any], dst: str, *, src: Optional[str] = None,
+              force: bool = False, out_format: Optional[str] = None,
+              publish: bool = False) -> Tuple[str, str]:
+    """Write a checkpoint atomically.
+
+    Args:
+        obj (dict): ``{'state_dict': ..., 'meta': ...}``.
+        dst (str): Output path.
+        src (str, optional): Source path (never overwritten).
+        force (bool): Overwrite an existing ``dst``. Defaults to False.
+        out_format (str, optional): ``'pytorch'`` or ``'safetensors'``;
+            defaults to the destination's extension.
+        publish (bool): Append the first 8 hex digits of the file's sha256 to
+            its name, as MMDetection's ``publish_model.py`` does.
+
+    Returns:
+        tuple[str, str]: The final path and the file's sha256.
+
+    Raises:
+        OutputError: The destination is refused or the write failed (disk
+            full, permissions); no partial file is left behind.
+    """
+    dst = os.fspath(dst)
+    check_destination(dst, src, force)
+    fmt = out_format or ('safetensors' if dst.endswith('.safetensors')
+                         else 'pytorch')
+    parent = os.path.dirname(os.path.abspath(dst))
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f'.{os.path.basename(dst)}.',
+                               suffix='.part')
+    try:
+        with os.fdopen(fd, 'wb') as raw:
+            writer = _HashingWriter(raw)
+            if fmt == 'safetensors':
+                writer.write(_safetensors_bytes(obj))
+            else:
+                torch.save(obj, writer)
+            raw.flush()
+            os.fsync(raw.fileno())
+        sha = writer.sha256.hexdigest()
+        final = dst
+        if publish:
+            stem, ext = _split_ext(dst)
+            final = f'{stem}-{sha[:8]}{ext}'
+            check_destination(final, src, force)
+        os.replace(tmp, final)
+        _fsync_dir(parent)
+        return final, sha
+    except OSError as err:
+        _remove(tmp)
+        if err.errno == errno.ENOSPC:
+            raise OutputError(f'{dst}: no space left on the device; free '
+                              'space or write elsewhere') from None
+        raise OutputError(f'{dst}: cannot write ({err.strerror or err}); '
+                          'check the path and permissions') from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _split_ext(path: str) -> Tuple[str, str]:
+    """Split ``a/b.pth.tar`` into ``('a/b', '.pth.tar')``."""
+    for ext in ('.pth.tar', '.pth', '.pt', '.pkl', '.safetensors', '.bin'):
+        if path.endswith(ext):
+            return path[:-len(ext)], ext
+    return os.path.splitext(path)
+
+
+def _remove(path: str) -> None:
+    """Delete ``path`` if it exists."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path: str) -> None:
+    """fsync a directory so a rename in it is durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

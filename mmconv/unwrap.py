@@ -1,0 +1,140 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""Find the state dict inside a checkpoint object.
+
+Where each source keeps its weights (outermost entry first):
+
+=============  ==============================================================
+source         container
+=============  ==============================================================
+MoCo v1/v2/v3  ``checkpoint['state_dict']`` (DDP keys ``module.*``)
+SimSiam        ``checkpoint['state_dict']``
+SwAV           the checkpoint itself (released ``*.pth.tar``) or
+               ``checkpoint['state_dict']`` (training checkpoints)
+DenseCL        ``checkpoint['state_dict']`` (mmcv checkpoint)
+Barlow Twins   ``checkpoint['model']`` (training) or the file itself
+VICReg         ``checkpoint['model']`` (training) or the file itself
+DINO           ``checkpoint['teacher']`` (default) or ``checkpoint['student']``
+VISSL          ``checkpoint['classy_state_dict']['base_model']['model']
+               ['trunk']``
+mmpretrain     ``checkpoint['state_dict']`` (MMEngine checkpoint)
+MMDetection    ``checkpoint['state_dict']``
+torchvision    the file itself
+=============  ==============================================================
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from .errors import ConversionError, InputError
+
+__all__ = ['unwrap', 'Unwrapped', 'CONTAINER_KEYS', 'is_state_dict']
+
+#: Entries searched, in this order, for a nested state dict.
+CONTAINER_KEYS: Tuple[str, ...] = ('state_dict', 'model', 'classy_state_dict',
+                                   'base_model', 'trunk', 'module',
+                                   'network', 'net')
+#: Entries holding two networks, of which one is chosen (DINO, iBOT...).
+SELECTABLE: Tuple[str, ...] = ('teacher', 'student')
+
+
+@dataclass
+class Unwrapped:
+    """A state dict found inside a checkpoint.
+
+    Attributes:
+        state_dict (dict): The tensors, keyed by the source's names.
+        path (list[str]): Entries walked to reach it (``[]``: the file itself).
+        ignored (list[str]): Other entries seen on the way (``optimizer``,
+            ``epoch``, ``student``...), as ``path.key`` strings.
+    """
+
+    state_dict: Dict[str, torch.Tensor]
+    path: List[str] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        """``checkpoint['a']['b']`` style description of :attr:`path`."""
+        return 'checkpoint' + ''.join(f'[{p!r}]' for p in self.path)
+
+
+def is_state_dict(obj: Any) -> bool:
+    """Whether ``obj`` is a non-empty mapping of names to tensors only."""
+    return (isinstance(obj, Mapping) and len(obj) > 0
+            and all(isinstance(k, str) for k in obj)
+            and all(isinstance(v, torch.Tensor) for v in obj.values()))
+
+
+def unwrap(checkpoint: Any, select: Optional[str] = None) -> Unwrapped:
+    """Return the state dict inside ``checkpoint``.
+
+    Descends through the entries of :data:`CONTAINER_KEYS` (and, for
+    teacher/student checkpoints such as DINO's, the one named by ``select``)
+    until it reaches a mapping whose values are all tensors.
+
+    Args:
+        checkpoint: What ``torch.load`` returned.
+        select (str, optional): ``'teacher'`` or ``'student'`` for checkpoints
+            holding both. Defaults to ``'teacher'``.
+
+    Returns:
+        Unwrapped: The state dict, where it was and what else was there.
+
+    Raises:
+        InputError: If no state dict of tensors is found.
+        ConversionError: If ``select`` names an entry that is not there.
+
+    Example:
+        >>> ckpt = {'epoch': 3, 'state_dict': {'w': torch.zeros(1)}}
+        >>> unwrap(ckpt).where
+        "checkpoint['state_dict']"
+    """
+    if select is not None and select not in SELECTABLE:
+        raise ConversionError(
+            f'select={select!r} is not one of {", ".join(SELECTABLE)}')
+    obj, path, ignored = checkpoint, [], []
+    while not is_state_dict(obj):
+        if not isinstance(obj, Mapping) or not obj:
+            break
+        present = [k for k in SELECTABLE if k in obj]
+        if present:
+            key = select or 'teacher'
+            if key not in obj:
+                raise ConversionError(
+                    f'the checkpoint has no {key!r} entry to select '
+                    f'(it has {", ".join(present)})')
+        else:
+            if select is not None and not path:
+                raise ConversionError(
+                    f'select={select!r} was given but the checkpoint has no '
+                    'teacher/student entries')
+            key = next((k for k in CONTAINER_KEYS
+                        if isinstance(obj.get(k), Mapping)), None)
+            if key is None:
+                break
+        prefix = '.'.join(path + [''])
+        ignored += [f'{prefix}{k}' for k in obj if k != key]
+        obj, path = obj[key], path + [key]
+    if not is_state_dict(obj):
+        raise InputError(_describe_missing_state_dict(checkpoint, obj, path))
+    return Unwrapped(dict(obj), path, ignored)
+
+
+def _describe_missing_state_dict(checkpoint: Any, obj: Any,
+                                 path: List[str]) -> str:
+    """One line saying why no state dict was found."""
+    where = 'checkpoint' + ''.join(f'[{p!r}]' for p in path)
+    if isinstance(obj, Mapping):
+        if not obj:
+            return f'{where} is empty: there are no weights to convert'
+        kinds = sorted({type(v).__name__ for v in obj.values()})
+        keys = ', '.join(map(repr, list(obj)[:5]))
+        if not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            return (f'{where} holds no tensors (keys {keys}; value types '
+                    f'{", ".join(kinds)}): not a model checkpoint')
+        return (f'{where} mixes tensors with {", ".join(kinds)} '
+                f'(keys {keys}) and has none of the entries '
+                f'{", ".join(CONTAINER_KEYS)}: not a recognised checkpoint')
+    return (f'{where} is a {type(obj).__name__}, not a dict of tensors: '
+            'not a model checkpoint')
