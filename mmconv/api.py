@@ -14,7 +14,7 @@ __all__ = ['load_and_convert', 'convert_file', 'build_output', 'Written']
 
 def load_and_convert(src: str, fmt: str = 'auto', *,
                      select: Optional[str] = None, unsafe: bool = False,
-                     checkpoint: Any = None,
+                     prefix: Optional[str] = None, checkpoint: Any = None,
                      warn: Optional[Callable[[str], None]] = None
                      ) -> ConversionResult:
     """Load ``src`` safely and convert it.
@@ -24,6 +24,7 @@ def load_and_convert(src: str, fmt: str = 'auto', *,
         fmt (str): Format name or ``'auto'``.
         select (str, optional): ``'teacher'``/``'student'`` (DINO).
         unsafe (bool): Allow arbitrary pickles (trusted files only).
+        prefix (str, optional): Convert only keys under this prefix.
         checkpoint (optional): Already-loaded content of ``src``.
         warn (callable, optional): Receives the ``unsafe`` warning.
 
@@ -32,7 +33,7 @@ def load_and_convert(src: str, fmt: str = 'auto', *,
     """
     if checkpoint is None:
         checkpoint = load_file(src, unsafe=unsafe, warn=warn)
-    return convert_checkpoint(checkpoint, fmt, select)
+    return convert_checkpoint(checkpoint, fmt, select, prefix)
 
 
 def build_output(result: ConversionResult, src: str) -> Dict[str, Any]:
@@ -65,7 +66,7 @@ class Written:
 def convert_file(src: str, dst: str, fmt: str = 'auto', *,
                  select: Optional[str] = None, unsafe: bool = False,
                  force: bool = False, out_format: Optional[str] = None,
-                 publish: bool = False,
+                 publish: bool = False, prefix: Optional[str] = None,
                  warn: Optional[Callable[[str], None]] = None) -> Written:
     """Convert the checkpoint ``src`` and write it to ``dst`` atomically.
 
@@ -81,6 +82,7 @@ def convert_file(src: str, dst: str, fmt: str = 'auto', *,
         force (bool): Overwrite an existing ``dst``.
         out_format (str, optional): ``'pytorch'`` or ``'safetensors'``.
         publish (bool): Add the sha256 prefix to the file name.
+        prefix (str, optional): Convert only keys under this prefix.
         warn (callable, optional): Receives the ``unsafe`` warning.
 
     Returns:
@@ -88,7 +90,7 @@ def convert_file(src: str, dst: str, fmt: str = 'auto', *,
     """
     check_destination(dst, src, force)
     result = load_and_convert(src, fmt, select=select, unsafe=unsafe,
-                              warn=warn)
+                              prefix=prefix, warn=warn)
     path, sha = save_file(build_output(result, src), dst, src=src,
                           force=force, out_format=out_format, publish=publish)
     return Written(result, path, sha)

@@ -57,6 +57,8 @@ def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
                         help='allow arbitrary pickled objects in SRC: this '
                         'runs code from the file, use only for files you '
                         'trust')
+    parser.add_argument('--prefix', help='convert only keys starting with '
+                        "PREFIX, stripped (e.g. 'backbone.')")
 
 
 def _run(func: Callable[[argparse.Namespace], None],
@@ -84,7 +86,7 @@ def _convert(args: argparse.Namespace) -> None:
     written = convert_file(args.src, args.dst, args.fmt, select=args.select,
                            unsafe=args.unsafe_load, force=args.force,
                            out_format=args.out_format, publish=args.publish,
-                           warn=_warn)
+                           prefix=args.prefix, warn=_warn)
     report = written.result.report
     if args.verbose:
         print(report.details())
@@ -96,7 +98,8 @@ def _inspect(args: argparse.Namespace) -> None:
     """``inspect``: detect the format and show what would be kept."""
     from .api import load_and_convert
     result = load_and_convert(args.src, args.fmt, select=args.select,
-                              unsafe=args.unsafe_load, warn=_warn)
+                              unsafe=args.unsafe_load, prefix=args.prefix,
+                              warn=_warn)
     if args.verbose:
         print(result.report.details())
     print(f'file:     {args.src}')

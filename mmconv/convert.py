@@ -16,7 +16,7 @@ from .detect import detect_format
 from .errors import ConversionError, KeyCollisionError
 from .formats import Format, get_format
 from .report import ConversionReport, KeyRecord
-from .unwrap import unwrap
+from .unwrap import Unwrapped, unwrap
 
 __all__ = ['convert_state_dict', 'convert_checkpoint', 'ConversionResult',
            'rename_key']
@@ -129,7 +129,8 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor],
 
 
 def convert_checkpoint(checkpoint: Any, fmt: str = 'auto',
-                       select: Optional[str] = None) -> ConversionResult:
+                       select: Optional[str] = None,
+                       prefix: Optional[str] = None) -> ConversionResult:
     """Unwrap, detect (if ``fmt='auto'``) and convert a loaded checkpoint.
 
     Args:
@@ -137,6 +138,9 @@ def convert_checkpoint(checkpoint: Any, fmt: str = 'auto',
         fmt (str): A format name or ``'auto'``. Defaults to ``'auto'``.
         select (str, optional): ``'teacher'`` (default) or ``'student'`` for
             checkpoints holding both networks (DINO).
+        prefix (str, optional): Convert only the keys starting with
+            ``prefix``, stripped of it first (as MMEngine's ``Pretrained``
+            ``prefix``), e.g. ``'backbone.'`` for a whole-detector file.
 
     Returns:
         ConversionResult: Output state dict and report.
@@ -147,6 +151,9 @@ def convert_checkpoint(checkpoint: Any, fmt: str = 'auto',
             message names the format that was detected instead.
     """
     unwrapped = unwrap(checkpoint, select)
+    if prefix:
+        unwrapped = _take_prefix(unwrapped, prefix)
+        checkpoint = unwrapped.state_dict
     if fmt == 'auto':
         detection = detect_format(checkpoint, select, unwrapped)
         fmt, how = detection.name, f'detected: {detection.reason}'
@@ -164,6 +171,20 @@ def convert_checkpoint(checkpoint: Any, fmt: str = 'auto',
     result.report.where = unwrapped.where
     result.report.ignored_entries = list(unwrapped.ignored)
     return result
+
+
+def _take_prefix(unwrapped: Unwrapped, prefix: str) -> Unwrapped:
+    """Keep the keys under ``prefix``, stripped; the rest are ignored."""
+    sd = unwrapped.state_dict
+    taken = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not taken:
+        raise ConversionError(
+            f'no key starts with prefix {prefix!r} (first keys: '
+            + ', '.join(repr(k) for k in list(sd)[:3]) + '); fix prefix=')
+    others = len(sd) - len(taken)
+    ignored = unwrapped.ignored + (
+        [f'{others} keys outside prefix {prefix!r}'] if others else [])
+    return Unwrapped(taken, unwrapped.path + [f'{prefix}*'], ignored)
 
 
 def _hint(checkpoint: Any, select: Optional[str], unwrapped) -> str:
