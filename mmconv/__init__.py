@@ -14,6 +14,8 @@ from .errors import (ConversionError, InputError, KeyCollisionError,
                      MMConvError, OutputError, UnknownFormatError,
                      UnsafeCheckpointError)
 from .formats import FORMATS, Format, format_names, get_format
+from .hooks import PretrainedLoadCheckHook
+from .init import SelfSupPretrainedInit
 from .io import load_file, save_file
 from .report import ConversionReport, KeyRecord
 from .unwrap import Unwrapped, unwrap
@@ -26,5 +28,5 @@ __all__ = [
     'KeyRecord', 'load_file', 'save_file', 'load_and_convert', 'convert_file',
     'build_output', 'MMConvError', 'InputError', 'UnsafeCheckpointError',
     'ConversionError', 'UnknownFormatError', 'KeyCollisionError',
-    'OutputError'
+    'OutputError', 'SelfSupPretrainedInit', 'PretrainedLoadCheckHook'
 ]

@@ -46,18 +46,33 @@ def _numpy_globals() -> List[Any]:
 
 
 def _mmengine_globals() -> List[Any]:
-    """MMEngine logging objects stored in ``message_hub`` of its checkpoints."""
+    """MMEngine logging objects stored in ``message_hub`` of its checkpoints.
+
+    A pickled ``HistoryBuffer`` references its statistics functions as
+    ``getattr(HistoryBuffer, 'mean')``; ``builtins.getattr`` itself is never
+    admitted: the pickle's ``getattr`` resolves to :func:`_history_getattr`,
+    which only answers those lookups.
+    """
     try:
         from mmengine.logging import HistoryBuffer
     except ImportError:  # pragma: no cover - mmengine is a dependency
         return []
-    return [HistoryBuffer]
+
+    def _history_getattr(obj: Any, name: str) -> Any:
+        if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+            return getattr(obj, name)
+        raise pickle.UnpicklingError(
+            f'Unsupported global: GLOBAL builtins.getattr '
+            f'({type(obj).__name__}.{name})')
+
+    return [HistoryBuffer, (_history_getattr, 'builtins.getattr')]
 
 
 #: Benign classes/functions real checkpoints contain, admitted by
 #: ``torch.load(weights_only=True)``: ``argparse.Namespace`` (``args`` of
 #: MoCo/DINO/DETR checkpoints), numpy arrays, dtypes and scalars (epoch
-#: counters, detectron2 arrays), MMEngine's ``HistoryBuffer``.
+#: counters, detectron2 arrays), MMEngine's ``HistoryBuffer`` (and only its
+#: own statistics functions through ``getattr``).
 SAFE_GLOBALS: List[Any] = ([argparse.Namespace] + _numpy_globals() +
                            _mmengine_globals())
 
@@ -101,25 +116,24 @@ def _check_source(path: str) -> None:
 
 
 def _unsafe_message(path: str, err: Exception) -> Optional[str]:
-    """The refusal message if ``err`` is a weights-only refusal."""
-    text = str(err)
-    m = re.search(r'(?:Unsupported global|GLOBAL)[: ]+(?:GLOBAL )?'
-                  r'([\w\.]+(?: ?\.[\w]+)?)', text)
-    if 'Unsupported' not in text and 'Weights only load failed' not in text \
-            and m is None:
+    """The refusal message if ``err`` names a global that was refused."""
+    m = re.search(r'(?:Unsupported global: |unsupported )GLOBAL ([\w\.]+)',
+                  str(err))
+    if m is None:
         return None
-    what = m.group(1).replace(' ', '') if m else 'an unsupported operation'
-    return (f'{path}: refused to load: it needs {what}, which is not on '
-            "mmconv's allowlist of safe types and could run code; if you "
+    return (f'{path}: refused to load: it needs {m.group(1)}, which is not '
+            "on mmconv's allowlist of safe types and could run code; if you "
             'trust the file, rerun with --unsafe-load (unsafe_load=True)')
 
 
 def _corrupt(path: str, err: Exception) -> InputError:
     """A one-line 'truncated or corrupt' error for ``path``."""
-    detail = str(err).strip().splitlines()[0] if str(err).strip() \
-        else type(err).__name__
+    text = str(err)
+    m = re.search(r'Unsupported operand \d+|[^\n]*truncated[^\n]*', text)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    detail = m.group(0) if m else (lines[0] if lines else type(err).__name__)
     return InputError(f'{path}: not a readable checkpoint, or truncated/'
-                      f'corrupt ({detail[:120]}); download it again')
+                      f'corrupt ({detail.strip()[:120]}); download it again')
 
 
 def _load_pickle(path: str, unsafe: bool) -> Any:

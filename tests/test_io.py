@@ -1,0 +1,203 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""Safe loading and atomic writing."""
+import argparse
+import io
+import os
+import pickle
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from mmconv import (InputError, OutputError, UnsafeCheckpointError,
+                    load_file, save_file)
+from mmconv.cli import selfsup2mmdet_main
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (creates a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+def _backbone():
+    return {'conv1.weight': torch.randn(64, 3, 7, 7),
+            'bn1.weight': torch.randn(64)}
+
+
+def _malicious_corpus(tmp_path):
+    """(name, path) of files whose loading would run code."""
+    marker = tmp_path / 'PWNED'
+    files = {}
+    p = tmp_path / 'top.pth'
+    torch.save(_Payload(marker), p)
+    files['top-level payload'] = p
+    p = tmp_path / 'nested.pth'
+    torch.save({'state_dict': {**_backbone(), 'x': _Payload(marker)}}, p)
+    files['payload nested in state_dict'] = p
+    p = tmp_path / 'legacy.pth'
+    torch.save({'state_dict': _backbone(), 'meta': _Payload(marker)}, p,
+               _use_new_zipfile_serialization=False)
+    files['payload in a legacy (non-zip) torch file'] = p
+    p = tmp_path / 'evil.pkl'
+    with open(p, 'wb') as f:
+        pickle.dump({'model': {'conv1.weight': np.zeros(3)},
+                     'x': _Payload(marker)}, f)
+    files['payload inside a .pkl'] = p
+    p = tmp_path / 'model.pth.tar'
+    inner = io.BytesIO()
+    torch.save({'state_dict': {'w': _Payload(marker)}}, inner)
+    with tarfile.open(p, 'w') as tar:
+        info = tarfile.TarInfo('checkpoint.pth')
+        info.size = len(inner.getvalue())
+        tar.addfile(info, io.BytesIO(inner.getvalue()))
+    files['payload inside a real tar named .pth.tar'] = p
+    p = tmp_path / 'model2.pth.tar'
+    torch.save({'state_dict': _backbone(), 'args': _Payload(marker)}, p)
+    files['payload inside a torch .pth.tar'] = p
+    return marker, files
+
+
+def test_malicious_files_are_refused_and_never_run(tmp_path):
+    """Every payload is refused (exit 3 or 4), nothing runs or is written."""
+    marker, files = _malicious_corpus(tmp_path)
+    for name, path in files.items():
+        dst = tmp_path / f'{path.name}.out.pth'
+        with pytest.raises((UnsafeCheckpointError, InputError)) as err:
+            load_file(str(path))
+        assert str(path) in str(err.value), name
+        code = selfsup2mmdet_main([str(path), str(dst)])
+        assert code in (3, 4), name
+        assert not dst.exists(), name
+        assert not marker.exists(), name
+
+
+def test_refusal_names_global_and_opt_in(tmp_path):
+    """The message names the offending global and --unsafe-load."""
+    marker, files = _malicious_corpus(tmp_path)
+    with pytest.raises(UnsafeCheckpointError) as err:
+        load_file(str(files['payload nested in state_dict']))
+    msg = str(err.value)
+    assert 'system' in msg and '--unsafe-load' in msg and '\n' not in msg
+    assert not marker.exists()
+
+
+def test_allowlisted_objects_load(tmp_path):
+    """argparse.Namespace, numpy scalars/arrays and HistoryBuffer load."""
+    from mmengine.logging import HistoryBuffer
+    hist = HistoryBuffer()
+    hist.update(1.5)
+    ckpt = {'state_dict': _backbone(), 'args': argparse.Namespace(lr=0.1),
+            'best': np.float64(0.5), 'arr': np.arange(3),
+            'message_hub': {'log_scalars': {'loss': hist}}}
+    p = tmp_path / 'ok.pth'
+    torch.save(ckpt, p)
+    got = load_file(str(p))
+    assert got['args'].lr == 0.1 and got['best'] == 0.5
+    assert got['message_hub']['log_scalars']['loss'].current() == 1.5
+
+
+@pytest.mark.parametrize('offset', [0.1, 0.5, 0.9, 0.999])
+def test_truncated_zip_is_refused(tmp_path, offset):
+    """A download cut at several offsets: input error, no output."""
+    p = tmp_path / 'full.pth'
+    torch.save({'state_dict': _backbone()}, p)
+    data = p.read_bytes()
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(data[:int(len(data) * offset)])
+    with pytest.raises(InputError, match='truncated'):
+        load_file(str(cut))
+    assert selfsup2mmdet_main([str(cut), str(tmp_path / 'o.pth')]) == 3
+    assert not (tmp_path / 'o.pth').exists()
+
+
+@pytest.mark.parametrize('kind', ['random', 'zip-not-torch', 'empty-dict',
+                                  'non-tensors', 'empty-file', 'directory',
+                                  'missing', 'truncated-pkl'])
+def test_bad_inputs(tmp_path, kind):
+    """Each bad input: one-line error naming the file, exit code, no file."""
+    p = tmp_path / 'in.pth'
+    if kind == 'random':
+        p.write_bytes(np.random.RandomState(0).bytes(4096))
+    elif kind == 'zip-not-torch':
+        with zipfile.ZipFile(p, 'w') as z:
+            z.writestr('hello.txt', 'not a checkpoint')
+    elif kind == 'empty-dict':
+        torch.save({}, p)
+    elif kind == 'non-tensors':
+        torch.save({'state_dict': {'a': 1, 'b': [1, 2]}}, p)
+    elif kind == 'empty-file':
+        p.write_bytes(b'')
+    elif kind == 'directory':
+        p.mkdir()
+    elif kind == 'truncated-pkl':
+        p = tmp_path / 'in.pkl'
+        p.write_bytes(pickle.dumps({'model': {'w': np.zeros(100)}})[:50])
+    dst = tmp_path / 'out.pth'
+    code = selfsup2mmdet_main([str(p), str(dst)])
+    assert code == 3, kind
+    assert not dst.exists()
+
+
+def test_atomic_write_refusals(tmp_path):
+    """Existing DST needs --force; DST == SRC refused; missing dir."""
+    src = tmp_path / 'src.pth'
+    torch.save(_backbone(), src)
+    dst = tmp_path / 'dst.pth'
+    dst.write_bytes(b'old')
+    assert selfsup2mmdet_main([str(src), str(dst)]) == 6
+    assert dst.read_bytes() == b'old'
+    assert selfsup2mmdet_main([str(src), str(src), '--force']) == 6
+    assert torch.load(src).keys() == _backbone().keys()
+    assert selfsup2mmdet_main(
+        [str(src), str(tmp_path / 'nope' / 'x.pth')]) == 6
+    assert selfsup2mmdet_main([str(src), str(dst), '--force']) == 0
+    assert set(torch.load(dst)['state_dict']) == set(_backbone())
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith('.')] \
+        == []
+
+
+def test_publish_and_safetensors(tmp_path):
+    """--publish adds the sha256 prefix; .safetensors round-trips."""
+    import hashlib
+    src = tmp_path / 'src.pth'
+    torch.save(_backbone(), src)
+    path, sha = save_file({'state_dict': _backbone(), 'meta': {'a': 1}},
+                          str(tmp_path / 'pub.pth'), publish=True)
+    assert path.endswith(f'pub-{sha[:8]}.pth')
+    assert hashlib.sha256(open(path, 'rb').read()).hexdigest() == sha
+    out = tmp_path / 'out.safetensors'
+    assert selfsup2mmdet_main([str(src), str(out)]) == 0
+    got = load_file(str(out))
+    for k, v in torch.load(src).items():
+        assert torch.equal(got['state_dict'][k], v)
+    assert got['meta']['source_format'] == 'mmdet'
+
+
+def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
+    """ENOSPC mid-write: exit 6 'no space', old DST intact, no temp file."""
+    import errno
+
+    import mmconv.io as mio
+    src = tmp_path / 'src.pth'
+    torch.save(_backbone(), src)
+    dst = tmp_path / 'dst.pth'
+    dst.write_bytes(b'old')
+
+    def full_disk(obj, f):
+        f.write(b'x' * 1000)
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(mio.torch, 'save', full_disk)
+    with pytest.raises(OutputError, match='no space left'):
+        save_file({'state_dict': _backbone()}, str(dst), force=True)
+    assert selfsup2mmdet_main([str(src), str(dst), '--force']) == 6
+    assert dst.read_bytes() == b'old'
+    assert sorted(f.name for f in tmp_path.iterdir()) == ['dst.pth',
+                                                          'src.pth']
