@@ -30,7 +30,7 @@ import torch
 from .errors import InputError, OutputError, UnsafeCheckpointError
 
 __all__ = ['load_file', 'save_file', 'SAFE_GLOBALS', 'RestrictedUnpickler',
-           'check_destination']
+           'check_destination', 'arrays_to_tensors']
 
 
 def _numpy_globals() -> List[Any]:
@@ -136,13 +136,23 @@ def _corrupt(path: str, err: Exception) -> InputError:
                       f'corrupt ({detail.strip()[:120]}); download it again')
 
 
+def arrays_to_tensors(obj: Any) -> Any:
+    """Turn numpy arrays inside nested dicts into tensors (no copy)."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, dict):
+        return type(obj)((k, arrays_to_tensors(v)) for k, v in obj.items())
+    return obj
+
+
 def _load_pickle(path: str, unsafe: bool) -> Any:
-    """Load a ``.pkl`` with the restricted unpickler."""
+    """Load a ``.pkl`` with the restricted unpickler; arrays -> tensors."""
     with open(path, 'rb') as f:
         try:
             if unsafe:
-                return pickle.load(f, encoding='latin1')
-            return RestrictedUnpickler(f, encoding='latin1').load()
+                return arrays_to_tensors(pickle.load(f, encoding='latin1'))
+            return arrays_to_tensors(
+                RestrictedUnpickler(f, encoding='latin1').load())
         except pickle.UnpicklingError as err:
             msg = _unsafe_message(path, err)
             if msg:
