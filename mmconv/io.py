@@ -30,7 +30,8 @@ import torch
 from .errors import InputError, OutputError, UnsafeCheckpointError
 
 __all__ = ['load_file', 'save_file', 'SAFE_GLOBALS', 'RestrictedUnpickler',
-           'check_destination', 'arrays_to_tensors']
+           'check_destination', 'arrays_to_tensors',
+           'allow_safe_globals_everywhere']
 
 
 def _numpy_globals() -> List[Any]:
@@ -88,6 +89,19 @@ PICKLE_ALLOWLIST = frozenset([
     ('numpy._core.numeric', '_frombuffer'),
     ('_codecs', 'encode'),
 ])
+
+
+def allow_safe_globals_everywhere() -> None:
+    """Add :data:`SAFE_GLOBALS` to torch's process-wide weights-only allowlist.
+
+    MMEngine 0.10.7 calls plain ``torch.load`` (``weights_only=True`` since
+    torch 2.6), which refuses the ``HistoryBuffer`` objects MMEngine itself
+    writes into every training checkpoint, so ``load_from``, ``resume`` and
+    ``mim test`` fail on MMEngine's own files. ``import mmconv`` calls this,
+    which lets those loads succeed while keeping ``weights_only`` on: only
+    the narrow allowlist above is added, never ``weights_only=False``.
+    """
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 
 class RestrictedUnpickler(pickle.Unpickler):

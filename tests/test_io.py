@@ -201,3 +201,37 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
     assert dst.read_bytes() == b'old'
     assert sorted(f.name for f in tmp_path.iterdir()) == ['dst.pth',
                                                           'src.pth']
+
+
+def test_mmengine_checkpoints_load_with_plain_torch_load(tmp_path):
+    """After `import mmconv`, MMEngine's own checkpoints (HistoryBuffer in
+    message_hub) load with torch's default weights_only=True, as MMEngine's
+    load_checkpoint/resume/`mim test` call it; code still never runs."""
+    from mmengine.logging import HistoryBuffer, MessageHub
+    hub = MessageHub.get_instance('mmconv-test')
+    hub.update_scalar('train/loss', 1.25)
+    p = tmp_path / 'epoch_1.pth'
+    torch.save({'meta': {'epoch': 1}, 'state_dict': _backbone(),
+                'message_hub': hub.state_dict()}, p)
+    got = torch.load(p)  # weights_only=True is torch's default
+    assert isinstance(got['message_hub']['log_scalars']['train/loss'],
+                      HistoryBuffer)
+    marker = tmp_path / 'PWNED'
+    torch.save({'x': _Payload(marker)}, tmp_path / 'evil.pth')
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / 'evil.pth')
+    assert not marker.exists()
+
+
+def test_getattr_is_not_a_general_escape(tmp_path):
+    """The pickle `getattr` admitted for HistoryBuffer answers nothing else."""
+    class Sneaky:
+        def __reduce__(self):
+            return (getattr, (argparse.Namespace, '__init__'))
+
+    p = tmp_path / 'sneaky.pth'
+    torch.save({'state_dict': _backbone(), 'x': Sneaky()}, p)
+    with pytest.raises((UnsafeCheckpointError, InputError)):
+        load_file(str(p))
+    with pytest.raises(Exception):
+        torch.load(p)
