@@ -23,7 +23,7 @@ from torch import nn
 
 from .convert import ConversionResult, convert_checkpoint
 from .errors import ConversionError
-from .io import SAFE_GLOBALS, load_file
+from .io import load_file, safe_globals_context
 
 __all__ = ['SelfSupPretrainedInit', 'load_checkpoint_any', 'fingerprint']
 
@@ -62,7 +62,7 @@ def load_checkpoint_any(filename: str, map_location: str = 'cpu',
                          warn=lambda m: print_log(m, 'current', 30))
     if unsafe:
         return loader(filename, map_location)
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
+    with safe_globals_context():
         return loader(filename, map_location)
 
 

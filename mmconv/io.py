@@ -31,7 +31,7 @@ from .errors import InputError, OutputError, UnsafeCheckpointError
 
 __all__ = ['load_file', 'save_file', 'SAFE_GLOBALS', 'RestrictedUnpickler',
            'check_destination', 'arrays_to_tensors',
-           'allow_safe_globals_everywhere']
+           'allow_safe_globals_everywhere', 'safe_globals_context']
 
 
 def _numpy_globals() -> List[Any]:
@@ -89,6 +89,18 @@ PICKLE_ALLOWLIST = frozenset([
     ('numpy._core.numeric', '_frombuffer'),
     ('_codecs', 'encode'),
 ])
+
+
+def safe_globals_context() -> torch.serialization.safe_globals:
+    """Context admitting :data:`SAFE_GLOBALS` in ``torch.load``.
+
+    Only globals not already allowed process-wide are added (torch removes
+    what the context added on exit, so re-adding registered ones would
+    unregister them).
+    """
+    present = torch.serialization.get_safe_globals()
+    return torch.serialization.safe_globals(
+        [g for g in SAFE_GLOBALS if g not in present])
 
 
 def allow_safe_globals_everywhere() -> None:
@@ -223,7 +235,7 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
         if unsafe:
             return torch.load(path, map_location='cpu', weights_only=False,
                               mmap=mmap and is_zip)
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with safe_globals_context():
             return torch.load(path, map_location='cpu', weights_only=True,
                               mmap=mmap and is_zip)
     except pickle.UnpicklingError as err:
