@@ -39,8 +39,8 @@ def _pretrained_files(module: nn.Module) -> List[Tuple[str, str]]:
 class PretrainedLoadCheckHook(Hook):
     """Log, per top-level module, how many tensors came from a checkpoint.
 
-    ``before_run`` (before MMEngine initialises weights) records a
-    fingerprint of every parameter; ``before_train`` (after weights are
+    ``before_run`` (before MMEngine initialises weights) records a digest of
+    every parameter's bytes; ``before_train`` (after weights are
     initialised and ``load_from``/resume applied) compares, and logs a table:
     module, parameters, parameters changed from their random initialisation,
     parameters equal to a ``SelfSupPretrained`` checkpoint, and the files.
@@ -55,7 +55,7 @@ class PretrainedLoadCheckHook(Hook):
 
     def __init__(self, fail_on_unchanged: bool = True) -> None:
         self.fail_on_unchanged = fail_on_unchanged
-        self._before: Dict[str, Tuple[float, float]] = {}
+        self._before: Dict[str, str] = {}
         self.rows: List[Dict[str, object]] = []
 
     @staticmethod

@@ -12,8 +12,9 @@ The file is converted in memory with exactly the command line's rules
 (:func:`mmconv.convert_checkpoint`), then loaded; a load that leaves backbone
 tensors unset is an error, not a warning.
 """
+import hashlib
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 from mmengine.logging import print_log
@@ -31,10 +32,13 @@ __all__ = ['SelfSupPretrainedInit', 'load_checkpoint_any', 'fingerprint']
 RECORD_ATTR = '_mmconv_pretrained'
 
 
-def fingerprint(tensor: torch.Tensor) -> Tuple[float, float]:
-    """Cheap identity of a tensor's values (sum and sum of squares)."""
-    t = tensor.detach().double()
-    return float(t.sum()), float(t.pow(2).sum())
+def fingerprint(tensor: torch.Tensor) -> str:
+    """Digest of a tensor's dtype, shape and exact bytes (blake2b)."""
+    t = tensor.detach().cpu().contiguous().reshape(-1)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f'{t.dtype}{tuple(t.shape)}'.encode())
+    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    return digest.hexdigest()
 
 
 def load_checkpoint_any(filename: str, map_location: str = 'cpu',
