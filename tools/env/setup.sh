@@ -69,7 +69,7 @@ fi
 step "OpenMMLab stack (${STACK_PINS[*]})"
 "${PIP[@]}" install -q "${STACK_PINS[@]}" "$MMCV_WHEEL" || fail "installing ${STACK_PINS[*]}"
 # openmim pins setuptools down; install it last so the mmcv build is unaffected.
-"${PIP[@]}" install -q openmim==0.3.9 || fail "installing openmim==0.3.9"
+"${PIP[@]}" install -q openmim==0.3.9 "numpy<2" || fail "installing openmim==0.3.9"
 
 step "mmconv (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT" || fail "pip install -e $ROOT"
@@ -77,6 +77,8 @@ step "mmconv (editable)"
 "$VENV/bin/python" - <<'PY' || fail "the installed stack does not import"
 import torch, torchvision, mmengine, mmcv, mmdet, mmpretrain
 from mmcv.ops import RoIAlign, nms  # proves mmcv was built with ops
+import numpy
+assert int(numpy.__version__.split('.')[0]) < 2, f'numpy {numpy.__version__}: need numpy<2'
 print('[mmconv setup] torch', torch.__version__, 'torchvision', torchvision.__version__,
       'mmengine', mmengine.__version__, 'mmcv', mmcv.__version__,
       'mmdet', mmdet.__version__, 'mmpretrain', mmpretrain.__version__)
