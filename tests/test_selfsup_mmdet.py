@@ -3,7 +3,6 @@
 R50-FPN: real source layouts (official repos' module structure, mmpretrain's
 own models, torchvision) with random weights -> command line / initializer
 -> MMDetection ResNet-50 with every tensor equal to the source."""
-import copy
 import os
 import subprocess
 import sys
@@ -61,8 +60,8 @@ def _layout_id(i: int) -> str:
 
 
 def _mask_rcnn_cfg():
-    from mmengine.config import Config
-    return Config.fromfile(MASK_RCNN)
+    from mmengine.hub import get_config
+    return get_config(MASK_RCNN)
 
 
 def _build_backbone():

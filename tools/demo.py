@@ -42,13 +42,12 @@ def main() -> int:
         return proc.returncode
 
     print('[3/3] loading into MMDetection Mask R-CNN R50-FPN backbone')
-    from mmengine.config import Config
+    from mmengine.hub import get_config
     from mmengine.runner import load_checkpoint
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    cfg = Config.fromfile(
-        'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    cfg = get_config('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
     cfg.model.backbone.init_cfg = None
     backbone = MODELS.build(cfg.model.backbone).eval()
     load_checkpoint(backbone, dst, strict=True, logger="silent")
