@@ -6,7 +6,7 @@ actually arrived before training starts.
 
     custom_hooks = [dict(type='PretrainedLoadCheckHook')]
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
@@ -14,15 +14,15 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
-from .init import RECORD_ATTR, fingerprint
+from .init import RECORD_ATTR, fingerprint, load_checkpoint_any
 
 __all__ = ['PretrainedLoadCheckHook']
 
 PRETRAINED_TYPES = ('Pretrained', 'SelfSupPretrained')
 
 
-def _pretrained_files(module: nn.Module) -> List[Tuple[str, str]]:
-    """``(submodule name, checkpoint)`` of pretrained ``init_cfg``s inside."""
+def _pretrained_cfgs(module: nn.Module) -> List[Tuple[str, dict]]:
+    """``(submodule name, init_cfg)`` of pretrained initializers inside."""
     found = []
     for name, m in module.named_modules():
         cfgs = getattr(m, 'init_cfg', None) or []
@@ -31,8 +31,22 @@ def _pretrained_files(module: nn.Module) -> List[Tuple[str, str]]:
             kind = getattr(kind, '__name__', kind)
             if kind in PRETRAINED_TYPES or kind in ('PretrainedInit',
                                                     'SelfSupPretrainedInit'):
-                found.append((name, str(cfg.get('checkpoint'))))
+                found.append((name, cfg))
     return found
+
+
+def _checkpoint_prints(cfg: dict) -> Dict[str, str]:
+    """Digests of the tensors a plain ``Pretrained`` cfg would load."""
+    from .unwrap import unwrap
+    try:
+        sd = unwrap(load_checkpoint_any(str(cfg['checkpoint']))).state_dict
+    except Exception as err:  # reported in the table, not fatal here
+        print_log(f'PretrainedLoadCheckHook: cannot read '
+                  f'{cfg["checkpoint"]}: {err}', logger='current', level=30)
+        return {}
+    prefix = cfg.get('prefix') or ''
+    return {k[len(prefix):]: fingerprint(v) for k, v in sd.items()
+            if k.startswith(prefix)}
 
 
 @HOOKS.register_module()
@@ -43,12 +57,14 @@ class PretrainedLoadCheckHook(Hook):
     every parameter's bytes; ``before_train`` (after weights are
     initialised and ``load_from``/resume applied) compares, and logs a table:
     module, parameters, parameters changed from their random initialisation,
-    parameters equal to a ``SelfSupPretrained`` checkpoint, and the files.
+    parameters bit-identical to the tensors of the ``Pretrained`` /
+    ``SelfSupPretrained`` checkpoint configured for them, and the files.
 
     Args:
         fail_on_unchanged (bool): Raise when a module configured with a
             ``Pretrained``/``SelfSupPretrained`` initializer still holds its
-            random initialisation. Defaults to True.
+            random initialisation or holds no tensor of its checkpoint.
+            Defaults to True.
     """
 
     priority = 'VERY_LOW'
@@ -77,18 +93,20 @@ class PretrainedLoadCheckHook(Hook):
             changed = [n for n, p in params.items()
                        if n in self._before and fingerprint(p) !=
                        self._before[n]]
-            from_ckpt, files = self._from_checkpoint(top, child)
-            pretrained = _pretrained_files(child)
-            files = sorted(set(files) | {f for _, f in pretrained})
-            self.rows.append(dict(module=top, params=len(params),
-                                  changed=len(changed), from_ckpt=from_ckpt,
-                                  files=files))
-            for sub, path in pretrained:
+            pretrained = _pretrained_cfgs(child)
+            from_ckpt = None
+            for sub, cfg in pretrained:
                 owner = child.get_submodule(sub) if sub else child
                 full = f'{top}.{sub}' if sub else top
+                loaded = self._from_checkpoint(owner, cfg)
+                from_ckpt = (from_ckpt or 0) + loaded
                 names = {n for n, _ in owner.named_parameters(prefix=full)}
-                if names and not names & set(changed):
-                    problems.append(f'{full} (init from {path})')
+                if names and (not loaded or not names & set(changed)):
+                    problems.append(f'{full} (init from {cfg["checkpoint"]})')
+            self.rows.append(dict(
+                module=top, params=len(params), changed=len(changed),
+                from_ckpt=from_ckpt,
+                files=sorted({str(c['checkpoint']) for _, c in pretrained})))
         print_log(self.format_table(), logger='current')
         if problems and self.fail_on_unchanged:
             raise RuntimeError(
@@ -99,20 +117,13 @@ class PretrainedLoadCheckHook(Hook):
                 'self-supervised files) or set fail_on_unchanged=False')
 
     @staticmethod
-    def _from_checkpoint(top: str, child: nn.Module
-                         ) -> Tuple[Optional[int], List[str]]:
-        """Parameters still equal to a SelfSupPretrained checkpoint."""
-        count, files = None, []
-        for _, m in child.named_modules():
-            record = getattr(m, RECORD_ATTR, None)
-            if not record:
-                continue
-            files.append(record['file'])
-            prints = record['fingerprints']
-            count = (count or 0) + sum(
-                1 for n, p in m.named_parameters()
-                if n in prints and fingerprint(p) == prints[n])
-        return count, files
+    def _from_checkpoint(owner: nn.Module, cfg: dict) -> int:
+        """Parameters of ``owner`` bit-identical to its checkpoint's."""
+        record = getattr(owner, RECORD_ATTR, None)
+        prints = record['fingerprints'] if record else \
+            _checkpoint_prints(cfg)
+        return sum(1 for n, p in owner.named_parameters()
+                   if prints.get(n) == fingerprint(p))
 
     def format_table(self) -> str:
         """The table logged by :meth:`before_train`."""

@@ -66,7 +66,7 @@ def _data_options(data):
                  f'{split}_dataloader.persistent_workers=False']
     return opts + [
         'train_dataloader.batch_size=1', 'train_cfg.max_epochs=1',
-        'train_cfg.val_interval=100', 'default_hooks.logger.interval=1',
+        'train_cfg.val_begin=2', 'default_hooks.logger.interval=1',
         'default_hooks.checkpoint.interval=1', 'randomness.seed=0'
     ]
 
@@ -133,17 +133,15 @@ def _run_train(path, data, tmp, extra=(), launcher=None):
     return layout, work, output
 
 
-def _check_run(layout, work, output, init_type):
+def _check_run(layout, work, output):
     # the load-check hook's table, logged before the first iteration
     row = re.search(r'^backbone\s+(\d+)\s+(\d+)\s+(\S+)\s+(.+)$', output,
                     re.M)
     assert row, output[-3000:]
     params, changed, from_ckpt = row.group(1), row.group(2), row.group(3)
-    assert changed == params
-    if init_type == 'SelfSupPretrained':
-        # every backbone parameter at iteration 0 is bit-identical to the
-        # tensor converted from the source file
-        assert from_ckpt == params
+    # every backbone parameter at iteration 0 is bit-identical to the
+    # tensor of its checkpoint (the raw file, or its converted copy)
+    assert from_ckpt == params and int(changed) > 0
     scalars = glob.glob(str(work / '*' / 'vis_data' / 'scalars.json'))
     losses = [json.loads(line)['loss'] for line in open(scalars[0])
               if '"loss"' in line]
@@ -163,10 +161,8 @@ def _check_run(layout, work, output, init_type):
 def test_mim_train(path, tiny_coco, tmp_path):
     """`mim train mmdet CONFIG` for two iterations: exit 0, finite losses,
     checkpoint loads back, backbone at iteration 0 equals the source."""
-    from mmengine.config import Config
-    init_type = Config.fromfile(path).model.backbone.init_cfg.type
     layout, work, output = _run_train(path, tiny_coco, tmp_path)
-    _check_run(layout, work, output, init_type)
+    _check_run(layout, work, output)
 
 
 def test_two_process_gloo_train(tiny_coco, tmp_path):
@@ -185,4 +181,4 @@ def test_two_process_gloo_train(tiny_coco, tmp_path):
         ])
     assert 'Distributed launcher: pytorch' in output or \
         'world_size: 2' in output or 'Distributed training: True' in output
-    _check_run(layout, work, output, 'SelfSupPretrained')
+    _check_run(layout, work, output)

@@ -188,13 +188,17 @@ def test_unrelated_checkpoint_raises(tmp_path):
 def test_hook_fails_when_pretrained_loaded_nothing(tmp_path):
     """MMEngine's Pretrained on an unconverted MoCo file loads nothing (only
     a warning); PretrainedLoadCheckHook turns that into an error, and
-    reports full coverage for SelfSupPretrained."""
+    reports full coverage for SelfSupPretrained and for Pretrained on the
+    converted file."""
     from mmdet.registry import MODELS
     from mmconv.hooks import PretrainedLoadCheckHook
     layout = _find('moco')
     src = save_layout(layout, str(tmp_path))
+    converted = str(tmp_path / 'converted.pth')
+    assert selfsup2mmdet_main([src, converted]) == 0
     for init, ok in ((dict(type='Pretrained', checkpoint=src), False),
-                     (dict(type='SelfSupPretrained', checkpoint=src), True)):
+                     (dict(type='SelfSupPretrained', checkpoint=src), True),
+                     (dict(type='Pretrained', checkpoint=converted), True)):
         cfg = _mask_rcnn_cfg()
         cfg.model.backbone.init_cfg = init
         model = MODELS.build(cfg.model)
@@ -206,8 +210,8 @@ def test_hook_fails_when_pretrained_loaded_nothing(tmp_path):
             hook.before_train(runner)
             row = next(r for r in hook.rows if r['module'] == 'backbone')
             n = len(list(model.backbone.parameters()))
-            assert row['from_ckpt'] == n and row['changed'] == n
-            assert row['files'] == [src]
+            assert row['from_ckpt'] == n and row['changed'] > 0
+            assert row['files'] == [init['checkpoint']]
             assert 'backbone' in hook.format_table()
         else:
             with pytest.raises(RuntimeError, match='random initialisation'):
