@@ -16,7 +16,7 @@ import torch
 from mmconv import load_file
 from mmconv.cli import selfsup2mmdet_main
 from tests.fixtures.mmpretrain_layouts import build_mmpretrain
-from tests.fixtures.selfsup_layouts import ALL_BUILDERS, save_layout
+from tests.fixtures.official_layouts import ALL_BUILDERS, save_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'),

@@ -14,7 +14,7 @@ import torch
 from mmconv import ConversionError, load_file
 from mmconv.cli import selfsup2mmdet_main
 from tests.fixtures.mmpretrain_layouts import MMPRETRAIN_BUILDERS
-from tests.fixtures.selfsup_layouts import ALL_BUILDERS, Layout, save_layout
+from tests.fixtures.official_layouts import ALL_BUILDERS, Layout, save_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_RCNN = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'

@@ -20,7 +20,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.fixtures.selfsup_layouts import build_moco_v2, save_layout  # noqa
+from tests.fixtures.official_layouts import build_moco_v2, save_layout  # noqa
 
 
 def main() -> int:
