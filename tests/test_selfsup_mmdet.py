@@ -14,7 +14,8 @@ import torch
 from mmconv import ConversionError, load_file
 from mmconv.cli import selfsup2mmdet_main
 from tests.fixtures.mmpretrain_layouts import MMPRETRAIN_BUILDERS
-from tests.fixtures.official_layouts import ALL_BUILDERS, Layout, save_layout
+from tests.fixtures.official_layouts import (ALL_BUILDERS, Layout,
+                                             build_dino_student, save_layout)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_RCNN = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
@@ -273,7 +274,7 @@ def test_mmdet_selfsup2mmdet_behaviour(tmp_path):
 def test_dino_student_on_request(tmp_path):
     """DINO: teacher by default, student with --select/select=."""
     layout = _find('dino', 'teacher')
-    student = _find('dino', 'student')
+    student = build_dino_student()
     src = save_layout(layout, str(tmp_path))
     assert selfsup2mmdet_main([src, str(tmp_path / 's.pth'),
                                '--select', 'student']) == 0
