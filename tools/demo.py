@@ -49,8 +49,9 @@ def main() -> int:
     register_all_modules()
     cfg = get_config('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
     cfg.model.backbone.init_cfg = None
-    backbone = MODELS.build(cfg.model.backbone).eval()
-    load_checkpoint(backbone, dst, strict=True, logger="silent")
+    backbone = MODELS.build(cfg.model.backbone)
+    backbone.eval()  # mmdet's ResNet.train() returns None, so not chained
+    load_checkpoint(backbone, dst, strict=True, logger='silent')
     expected = layout.backbone
     same = sum(torch.equal(backbone.state_dict()[k], v)
                for k, v in expected.items())
