@@ -46,6 +46,10 @@ def _numpy_globals() -> List[Any]:
     return found
 
 
+#: The statistics methods a pickled ``HistoryBuffer`` refers to.
+HISTORY_STATISTICS = frozenset(['min', 'max', 'current', 'mean'])
+
+
 def _mmengine_globals() -> List[Any]:
     """MMEngine logging objects stored in ``message_hub`` of its checkpoints.
 
@@ -60,7 +64,7 @@ def _mmengine_globals() -> List[Any]:
         return []
 
     def _history_getattr(obj: Any, name: str) -> Any:
-        if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        if obj is HistoryBuffer and name in HISTORY_STATISTICS:
             return getattr(obj, name)
         raise pickle.UnpicklingError(
             f'Unsupported global: GLOBAL builtins.getattr '

@@ -235,3 +235,22 @@ def test_getattr_is_not_a_general_escape(tmp_path):
         load_file(str(p))
     with pytest.raises(Exception):
         torch.load(p)
+
+
+def test_history_buffer_loads_in_a_fresh_process(tmp_path):
+    """A checkpoint with HistoryBuffers loads in a process that never made
+    one (the class registers its statistics lazily)."""
+    import subprocess
+    import sys
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance('mmconv-fresh')
+    hub.update_scalar('loss', 2.0)
+    p = tmp_path / 'epoch_1.pth'
+    torch.save({'state_dict': _backbone(), 'message_hub': hub.state_dict()},
+               p)
+    code = ('import sys, torch, mmconv; d = mmconv.load_file(sys.argv[1]); '
+            "torch.load(sys.argv[1]); print(d['message_hub']['log_scalars']"
+            "['loss'].current())")
+    out = subprocess.run([sys.executable, '-c', code, str(p)], check=True,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == '2.0'
