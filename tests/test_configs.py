@@ -176,6 +176,8 @@ def test_two_process_gloo_train(tiny_coco, tmp_path):
     layout, work, output = _run_train(
         path, tiny_coco, tmp_path, launcher=port, extra=[
             'model.backbone.norm_cfg.type=BN', 'env_cfg.dist_cfg.backend=gloo',
+            # each rank sees one of the two images per epoch
+            'train_cfg.max_epochs=2', 'train_cfg.val_begin=3',
             'model_wrapper_cfg.type=MMDistributedDataParallel',
             'model_wrapper_cfg.device_ids=None'
         ])
