@@ -1,0 +1,70 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""Killing the converter mid-write never leaves a truncated destination."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, 'tools', 'model_converters', 'selfsup2mmdet.py')
+
+
+@pytest.fixture(scope='module')
+def big_source(tmp_path_factory):
+    """A ~300 MB MMDetection-layout checkpoint (slow enough to write)."""
+    path = tmp_path_factory.mktemp('big') / 'big.pth'
+    torch.manual_seed(0)
+    sd = {'conv1.weight': torch.randn(64, 3, 7, 7)}
+    sd.update({f'layer1.{i}.conv1.weight': torch.randn(1024, 1024, 3, 3)
+               for i in range(8)})
+    torch.save({'state_dict': sd}, path)
+    return path
+
+
+def _kill_while_writing(src, dst, extra=()):
+    """Start the CLI, SIGKILL it once its temporary file has grown."""
+    proc = subprocess.Popen([sys.executable, SCRIPT, str(src), str(dst)] +
+                            list(extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    parent = os.path.dirname(str(dst))
+    prefix = f'.{os.path.basename(str(dst))}.'
+    deadline = time.time() + 120
+    killed_mid_write = False
+    while time.time() < deadline and proc.poll() is None:
+        parts = [f for f in os.listdir(parent) if f.startswith(prefix)]
+        if parts and os.path.getsize(os.path.join(parent, parts[0])) > 2**20:
+            proc.send_signal(signal.SIGKILL)
+            killed_mid_write = True
+            break
+        time.sleep(0.005)
+    proc.wait()
+    return killed_mid_write
+
+
+def test_sigkill_mid_write_keeps_old_destination(big_source, tmp_path):
+    """--force over an existing file, killed mid-write: the old bytes stay;
+    only a `.DST.*.part` temporary is left behind, never DST itself."""
+    dst = tmp_path / 'out.pth'
+    dst.write_bytes(b'previous checkpoint')
+    assert _kill_while_writing(big_source, dst, ['--force'])
+    assert dst.read_bytes() == b'previous checkpoint'
+    leftovers = [f for f in os.listdir(tmp_path) if f != 'out.pth']
+    assert all(f.startswith('.out.pth.') and f.endswith('.part')
+               for f in leftovers)
+
+
+def test_sigkill_mid_write_leaves_no_destination(big_source, tmp_path):
+    """No previous file, killed mid-write: DST does not exist."""
+    dst = tmp_path / 'new.pth'
+    assert _kill_while_writing(big_source, dst)
+    assert not dst.exists()
+    # a later run succeeds and its output is complete
+    proc = subprocess.run([sys.executable, SCRIPT, str(big_source),
+                           str(dst)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = torch.load(dst, mmap=True)
+    assert len(out['state_dict']) == 9
