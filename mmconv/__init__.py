@@ -4,34 +4,56 @@
 Importing the package (e.g. through
 ``custom_imports=dict(imports=['mmconv'], allow_failed_imports=False)``)
 registers the ``SelfSupPretrained`` weight initializer and the
-``PretrainedLoadCheckHook`` with MMEngine, and adds mmconv's narrow
-allowlist (``HistoryBuffer``, ``argparse.Namespace``, numpy arrays/scalars) to
-torch's weights-only loader so MMEngine 0.10.7 can load its own checkpoints
+``PretrainedLoadCheckHook`` with MMEngine. When torch is already loaded (as
+in every MMEngine run) it also adds mmconv's narrow allowlist
+(``HistoryBuffer``, ``argparse.Namespace``, numpy arrays/scalars) to torch's
+weights-only loader, so MMEngine 0.10.7 can load its own checkpoints
 (``load_from``, ``resume``, ``mim test``) under torch>=2.6.
+
+The public API below is imported on first use, so ``import mmconv`` itself
+costs only ``mmengine.registry`` (no torch) and the command lines start fast.
 """
-from .api import build_output, convert_file, load_and_convert
-from .convert import (ConversionResult, convert_checkpoint,
-                      convert_state_dict, rename_key)
-from .detect import Detection, detect_format
+import importlib
+import sys
+from typing import Any
+
+from . import registry  # noqa: F401  (registers with MMEngine)
 from .errors import (ConversionError, InputError, KeyCollisionError,
                      MMConvError, OutputError, UnknownFormatError,
                      UnsafeCheckpointError)
 from .formats import FORMATS, Format, format_names, get_format
-from .hooks import PretrainedLoadCheckHook
-from .init import SelfSupPretrainedInit
-from .io import allow_safe_globals_everywhere, load_file, save_file
-from .report import ConversionReport, KeyRecord
-from .unwrap import Unwrapped, unwrap
 from .version import __version__
 
-allow_safe_globals_everywhere()
+#: public name -> submodule that defines it (imported on first access)
+_LAZY = {
+    'build_output': 'api', 'convert_file': 'api', 'load_and_convert': 'api',
+    'ConversionResult': 'convert', 'convert_checkpoint': 'convert',
+    'convert_state_dict': 'convert', 'rename_key': 'convert',
+    'Detection': 'detect', 'detect_format': 'detect',
+    'load_file': 'io', 'save_file': 'io',
+    'allow_safe_globals_everywhere': 'io',
+    'ConversionReport': 'report', 'KeyRecord': 'report',
+    'Unwrapped': 'containers', 'unwrap': 'containers',
+    'SelfSupPretrainedInit': 'init', 'PretrainedLoadCheckHook': 'hooks',
+}
 
 __all__ = [
     '__version__', 'FORMATS', 'Format', 'format_names', 'get_format',
-    'unwrap', 'Unwrapped', 'detect_format', 'Detection', 'convert_state_dict',
-    'convert_checkpoint', 'rename_key', 'ConversionResult', 'ConversionReport',
-    'KeyRecord', 'load_file', 'save_file', 'load_and_convert', 'convert_file',
-    'build_output', 'MMConvError', 'InputError', 'UnsafeCheckpointError',
-    'ConversionError', 'UnknownFormatError', 'KeyCollisionError',
-    'OutputError', 'SelfSupPretrainedInit', 'PretrainedLoadCheckHook'
-]
+    'MMConvError', 'InputError', 'UnsafeCheckpointError', 'ConversionError',
+    'UnknownFormatError', 'KeyCollisionError', 'OutputError'
+] + sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public API lazily (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f'.{_LAZY[name]}', __name__),
+                        name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+if 'torch' in sys.modules:
+    from .io import allow_safe_globals_everywhere
+    allow_safe_globals_everywhere()

@@ -16,7 +16,7 @@ from .detect import detect_format
 from .errors import ConversionError, KeyCollisionError
 from .formats import Format, get_format
 from .report import ConversionReport, KeyRecord
-from .unwrap import Unwrapped, unwrap
+from .containers import Unwrapped, unwrap
 
 __all__ = ['convert_state_dict', 'convert_checkpoint', 'ConversionResult',
            'rename_key']

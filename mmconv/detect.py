@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from .errors import UnknownFormatError
 from .formats import FORMATS, format_names
-from .unwrap import SELECTABLE, Unwrapped, unwrap
+from .containers import SELECTABLE, Unwrapped, unwrap
 
 __all__ = ['detect_format', 'detect_state_dict_format', 'Detection']
 

@@ -11,7 +11,6 @@ from typing import Dict, List, Tuple
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 from torch import nn
 
 from .init import RECORD_ATTR, fingerprint, load_checkpoint_any
@@ -37,7 +36,7 @@ def _pretrained_cfgs(module: nn.Module) -> List[Tuple[str, dict]]:
 
 def _checkpoint_prints(cfg: dict) -> Dict[str, str]:
     """Digests of the tensors a plain ``Pretrained`` cfg would load."""
-    from .unwrap import unwrap
+    from .containers import unwrap
     try:
         sd = unwrap(load_checkpoint_any(str(cfg['checkpoint']))).state_dict
     except Exception as err:  # reported in the table, not fatal here
@@ -49,7 +48,6 @@ def _checkpoint_prints(cfg: dict) -> Dict[str, str]:
             if k.startswith(prefix)}
 
 
-@HOOKS.register_module()
 class PretrainedLoadCheckHook(Hook):
     """Log, per top-level module, how many tensors came from a checkpoint.
 

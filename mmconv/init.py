@@ -19,7 +19,6 @@ from typing import Dict, List, Optional
 import torch
 from mmengine.logging import print_log
 from mmengine.model.weight_init import PretrainedInit, update_init_info
-from mmengine.registry import WEIGHT_INITIALIZERS
 from torch import nn
 
 from .convert import ConversionResult, convert_checkpoint
@@ -96,7 +95,6 @@ def _init_children_first(module: nn.Module) -> None:
                 child.is_init = True
 
 
-@WEIGHT_INITIALIZERS.register_module(name='SelfSupPretrained')
 class SelfSupPretrainedInit(PretrainedInit):
     """Initialise a module from a raw self-supervised checkpoint.
 

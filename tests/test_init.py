@@ -51,9 +51,27 @@ def _moco_file(tmp_path, model):
 
 def test_registered():
     """Registered in MMEngine's registries under the documented names."""
-    assert WEIGHT_INITIALIZERS.get('SelfSupPretrained') is \
-        mmconv.SelfSupPretrainedInit
-    assert HOOKS.get('PretrainedLoadCheckHook') is PretrainedLoadCheckHook
+    init = WEIGHT_INITIALIZERS.build(dict(type='SelfSupPretrained',
+                                          checkpoint='x.pth', method='moco'))
+    assert isinstance(init, mmconv.SelfSupPretrainedInit)
+    assert init.method == 'moco'
+    hook = HOOKS.build(dict(type='PretrainedLoadCheckHook',
+                            fail_on_unchanged=False))
+    assert isinstance(hook, PretrainedLoadCheckHook)
+    assert not hook.fail_on_unchanged
+
+
+def test_import_is_light_and_registers():
+    """`import mmconv` registers without importing torch; the command
+    line's --help never imports torch."""
+    import subprocess
+    import sys
+    code = ('import sys, mmconv; from mmengine.registry import HOOKS, '
+            'WEIGHT_INITIALIZERS as W; '
+            "assert 'SelfSupPretrained' in W.module_dict; "
+            "assert 'PretrainedLoadCheckHook' in HOOKS.module_dict; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, '-c', code], check=True)
 
 
 def test_wins_over_child_initializer(tmp_path):
