@@ -55,12 +55,12 @@ class Written:
     Attributes:
         result (ConversionResult): Converted weights and report.
         path (str): Final output path.
-        sha256 (str): sha256 of the output file.
+        sha256 (str | None): sha256 of the output file (with ``publish``).
     """
 
     result: ConversionResult
     path: str
-    sha256: str
+    sha256: Optional[str]
 
 
 def convert_file(src: str, dst: str, fmt: str = 'auto', *,

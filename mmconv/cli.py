@@ -91,7 +91,8 @@ def _convert(args: argparse.Namespace) -> None:
     if args.verbose:
         print(report.details())
     print(report.summary())
-    print(f'output:   {written.path} (sha256 {written.sha256[:16]}...)')
+    print(f'output:   {written.path}' +
+          (f' (sha256 {written.sha256})' if written.sha256 else ''))
 
 
 def _inspect(args: argparse.Namespace) -> None:

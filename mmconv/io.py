@@ -78,8 +78,22 @@ def _mmengine_globals() -> List[Any]:
 #: MoCo/DINO/DETR checkpoints), numpy arrays, dtypes and scalars (epoch
 #: counters, detectron2 arrays), MMEngine's ``HistoryBuffer`` (and only its
 #: own statistics functions through ``getattr``).
-SAFE_GLOBALS: List[Any] = ([argparse.Namespace] + _numpy_globals() +
-                           _mmengine_globals())
+SAFE_GLOBALS: List[Any] = [argparse.Namespace] + _numpy_globals()
+
+#: Allowlisted globals whose modules are imported only when a file needs
+#: them (importing MMEngine costs start-up time the command lines avoid).
+_LAZY_GLOBALS = {
+    'mmengine.logging.history_buffer.HistoryBuffer': _mmengine_globals,
+}
+
+
+def _admit_lazy(name: str) -> bool:
+    """Add the lazily imported allowlist entry ``name``; False if none."""
+    loader = _LAZY_GLOBALS.pop(name, None)
+    if loader is None:
+        return False
+    SAFE_GLOBALS.extend(loader())
+    return True
 
 #: ``(module, name)`` pairs :class:`RestrictedUnpickler` admits.
 PICKLE_ALLOWLIST = frozenset([
@@ -117,6 +131,8 @@ def allow_safe_globals_everywhere() -> None:
     which lets those loads succeed while keeping ``weights_only`` on: only
     the narrow allowlist above is added, never ``weights_only=False``.
     """
+    for name in list(_LAZY_GLOBALS):
+        _admit_lazy(name)
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 
@@ -145,13 +161,16 @@ def _check_source(path: str) -> None:
                          'did not complete; fetch it again')
 
 
-def _unsafe_message(path: str, err: Exception) -> Optional[str]:
-    """The refusal message if ``err`` names a global that was refused."""
+def _refused_global(err: Exception) -> Optional[str]:
+    """The global a weights-only load refused, if that is the error."""
     m = re.search(r'(?:Unsupported global: |unsupported )GLOBAL ([\w\.]+)',
                   str(err))
-    if m is None:
-        return None
-    return (f'{path}: refused to load: it needs {m.group(1)}, which is not '
+    return m.group(1) if m else None
+
+
+def _unsafe_message(path: str, name: str) -> str:
+    """The refusal message for a file needing the global ``name``."""
+    return (f'{path}: refused to load: it needs {name}, which is not '
             "on mmconv's allowlist of safe types and could run code; if you "
             'trust the file, rerun with --unsafe-load (unsafe_load=True)')
 
@@ -184,9 +203,10 @@ def _load_pickle(path: str, unsafe: bool) -> Any:
             return arrays_to_tensors(
                 RestrictedUnpickler(f, encoding='latin1').load())
         except pickle.UnpicklingError as err:
-            msg = _unsafe_message(path, err)
-            if msg:
-                raise UnsafeCheckpointError(msg) from None
+            refused = _refused_global(err)
+            if refused:
+                raise UnsafeCheckpointError(
+                    _unsafe_message(path, refused)) from None
             raise _corrupt(path, err) from None
         except (EOFError, ValueError, TypeError, AttributeError,
                 ImportError, IndexError, KeyError) as err:
@@ -235,22 +255,32 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
     if path.endswith(('.pkl', '.pickle')):
         return _load_pickle(path, unsafe)
     is_zip = zipfile.is_zipfile(path)
-    try:
-        if unsafe:
-            return torch.load(path, map_location='cpu', weights_only=False,
-                              mmap=mmap and is_zip)
-        with safe_globals_context():
-            return torch.load(path, map_location='cpu', weights_only=True,
-                              mmap=mmap and is_zip)
-    except pickle.UnpicklingError as err:
-        msg = _unsafe_message(path, err)
-        if msg:
-            raise UnsafeCheckpointError(msg) from None
-        raise _corrupt(path, err) from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError,
-            AttributeError, TypeError, IndexError, zipfile.BadZipFile,
-            UnicodeDecodeError) as err:
-        raise _corrupt(path, err) from None
+    while True:
+        try:
+            return _torch_load(path, unsafe, mmap and is_zip)
+        except pickle.UnpicklingError as err:
+            refused = _refused_global(err)
+            if refused and _admit_lazy(refused):
+                continue  # e.g. HistoryBuffer: import MMEngine, retry
+            if refused:
+                raise UnsafeCheckpointError(
+                    _unsafe_message(path, refused)) from None
+            raise _corrupt(path, err) from None
+        except (RuntimeError, EOFError, ValueError, OSError, KeyError,
+                AttributeError, TypeError, IndexError, zipfile.BadZipFile,
+                UnicodeDecodeError) as err:
+            raise _corrupt(path, err) from None
+
+
+def _torch_load(path: str, unsafe: bool, mmap: bool) -> Any:
+    """``torch.load`` to CPU, weights-only with the allowlist unless
+    ``unsafe``."""
+    if unsafe:
+        return torch.load(path, map_location='cpu', weights_only=False,
+                          mmap=mmap)
+    with safe_globals_context():
+        return torch.load(path, map_location='cpu', weights_only=True,
+                          mmap=mmap)
 
 
 def check_destination(dst: str, src: Optional[str] = None,
@@ -327,7 +357,8 @@ def save_file(obj: Dict[str, Any], dst: str, *, src: Optional[str] = None,
             its name, as MMDetection's ``publish_model.py`` does.
 
     Returns:
-        tuple[str, str]: The final path and the file's sha256.
+        tuple[str, str | None]: The final path and, with ``publish``, the
+        file's sha256 (computed while writing).
 
     Raises:
         OutputError: The destination is refused or the write failed (disk
@@ -342,14 +373,14 @@ def save_file(obj: Dict[str, Any], dst: str, *, src: Optional[str] = None,
                                suffix='.part')
     try:
         with os.fdopen(fd, 'wb') as raw:
-            writer = _HashingWriter(raw)
+            writer = _HashingWriter(raw) if publish else raw
             if fmt == 'safetensors':
                 writer.write(_safetensors_bytes(obj))
             else:
                 torch.save(obj, writer)
             raw.flush()
             os.fsync(raw.fileno())
-        sha = writer.sha256.hexdigest()
+        sha = writer.sha256.hexdigest() if publish else None
         final = dst
         if publish:
             stem, ext = _split_ext(dst)

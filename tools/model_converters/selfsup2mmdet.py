@@ -10,9 +10,15 @@ Drop-in for MMDetection's ``tools/model_converters/selfsup2mmdet.py``::
 dino, vissl, mmpretrain, torchvision, mmdet, and defaults to ``auto``. Use the
 output with ``init_cfg=dict(type='Pretrained', checkpoint='mocov2_r50.pth')``.
 """
+import os
 import sys
 
-from mmconv.cli import selfsup2mmdet_main
+# A converter script builds no MMEngine objects: skip registering mmconv's
+# initializer/hook with MMEngine (saves importing MMEngine at start-up).
+os.environ['MMCONV_NO_MMENGINE_REGISTRY'] = '1'
+from mmconv.cli import selfsup2mmdet_main  # noqa: E402
+
+del os.environ['MMCONV_NO_MMENGINE_REGISTRY']
 
 if __name__ == '__main__':
     sys.exit(selfsup2mmdet_main())
