@@ -11,7 +11,7 @@ Builds its inputs in ``--work-dir`` (default ``/tmp/mmconv-bench``):
   optimizer state dropped).
 
 Then, interleaving the candidates over ``--repeats`` rounds (warm page cache;
-one warm-up round first), measures wall time and peak RSS of each command in
+one warm-up round first; ``sync`` before each command), measures wall time and peak RSS of each command in
 a fresh process:
 
 * ``floor``: ``python -c "import torch"`` (start-up floor);
@@ -117,7 +117,12 @@ def make_big(path: str, gib: float = 4.1) -> None:
 
 
 def measure(cmd):
-    """Run ``cmd`` in a fresh process: wall seconds and peak RSS (MiB)."""
+    """Run ``cmd`` in a fresh process: wall seconds and peak RSS (MiB).
+
+    Dirty pages of the previous command are written back first (``sync``),
+    so no command pays for another one's deferred writes.
+    """
+    os.sync()
     out = subprocess.run([PY, '-c', MEASURE] + cmd, capture_output=True,
                          text=True, check=True).stdout
     res = json.loads(out)
@@ -146,7 +151,8 @@ def run(work: str, repeats: int, skip_big: bool):
              'init_selfsup': [PY, '-c', INIT, 'SelfSupPretrained', moco],
              'init_pretrained': [PY, '-c', INIT, 'Pretrained', converted]}
     for size, src in inputs.items():
-        cands[f'mmconv_{size}'] = [PY, CLI, src, out, '--force']
+        cands[f'mmconv_{size}'] = [PY, CLI, src, out, '--force',
+                                   '--selfsup', 'moco']
         cands[f'mmdet_{size}'] = [PY, '-c', MMDET_APPROACH, src, out]
         cands[f'mmap5_{size}'] = [PY, '-c', MMAP5, src, out]
     samples = {name: [] for name in cands}
@@ -216,7 +222,7 @@ def main(argv=None) -> int:
     lines += ['', f'Inputs: ' + ', '.join(f'{k} = {v:.0f} MiB'
                                           for k, v in sizes.items()) +
               f'; {args.repeats} interleaved rounds after a warm-up round '
-              f'(warm page cache); torch {torch.__version__}; '
+              f'(warm page cache, sync before each command); torch {torch.__version__}; '
               f'{os.cpu_count()} CPUs; total {time.time() - start:.0f} s.']
     table = '\n'.join(lines)
     print(table)
