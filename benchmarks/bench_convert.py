@@ -11,8 +11,8 @@ Builds its inputs in ``--work-dir`` (default ``/tmp/mmconv-bench``):
   optimizer state dropped).
 
 Then, interleaving the candidates over ``--repeats`` rounds (warm page cache;
-one warm-up round first; ``sync`` before each command), measures wall time and peak RSS of each command in
-a fresh process:
+one warm-up round first; ``sync`` before each command), measures wall time
+and peak RSS of each command in a fresh process:
 
 * ``floor``: ``python -c "import torch"`` (start-up floor);
 * ``mmconv``: ``tools/model_converters/selfsup2mmdet.py SRC DST --force``;
@@ -219,11 +219,12 @@ def main(argv=None) -> int:
               '|---|---|---|']
     lines += [f'| {k} | {v["wall"]:.2f} | {v["rss_mb"]:.0f} |'
               for k, v in med.items()]
-    lines += ['', f'Inputs: ' + ', '.join(f'{k} = {v:.0f} MiB'
-                                          for k, v in sizes.items()) +
+    lines += ['', 'Inputs: ' + ', '.join(f'{k} = {v:.0f} MiB'
+                                         for k, v in sizes.items()) +
               f'; {args.repeats} interleaved rounds after a warm-up round '
-              f'(warm page cache, sync before each command); torch {torch.__version__}; '
-              f'{os.cpu_count()} CPUs; total {time.time() - start:.0f} s.']
+              '(warm page cache, sync before each command); '
+              f'torch {torch.__version__}; {os.cpu_count()} CPUs; '
+              f'total {time.time() - start:.0f} s.']
     table = '\n'.join(lines)
     print(table)
     out_dir = os.path.join(ROOT, 'benchmarks', 'results')

@@ -195,5 +195,3 @@ def _hint(checkpoint: Any, select: Optional[str], unwrapped) -> str:
         return 'auto-detection does not recognise it either'
     return (f'the file looks like {detected.name!r} ({detected.reason}): '
             f"use --selfsup {detected.name} / method='{detected.name}'")
-
-

@@ -187,7 +187,6 @@ FORMATS: Dict[str, Format] = {f.name: f for f in (
 # fmt: on
 
 
-
 def get_format(name: str) -> Format:
     """Return the :class:`Format` called ``name``.
 

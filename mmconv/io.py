@@ -95,6 +95,7 @@ def _admit_lazy(name: str) -> bool:
     SAFE_GLOBALS.extend(loader())
     return True
 
+
 #: ``(module, name)`` pairs :class:`RestrictedUnpickler` admits.
 PICKLE_ALLOWLIST = frozenset([
     ('collections', 'OrderedDict'),
@@ -187,8 +188,9 @@ def _corrupt(path: str, err: Exception) -> InputError:
 
 def arrays_to_tensors(obj: Any) -> Any:
     """Turn numpy arrays inside nested dicts into tensors (no copy)."""
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.ndarray):  # (ascontiguousarray makes 0-d 1-d)
+        return torch.from_numpy(obj if obj.flags.c_contiguous
+                                else np.ascontiguousarray(obj))
     if isinstance(obj, dict):
         return type(obj)((k, arrays_to_tensors(v)) for k, v in obj.items())
     return obj
@@ -351,8 +353,10 @@ def save_file(obj: Dict[str, Any], dst: str, *, src: Optional[str] = None,
         dst (str): Output path.
         src (str, optional): Source path (never overwritten).
         force (bool): Overwrite an existing ``dst``. Defaults to False.
-        out_format (str, optional): ``'pytorch'`` or ``'safetensors'``;
-            defaults to the destination's extension.
+        out_format (str, optional): ``'pytorch'``, ``'safetensors'`` or
+            ``'pkl'`` (plain pickle, protocol 4, of numpy arrays and plain
+            types, as detectron2 reads; only when asked for); defaults to
+            the destination's extension (``.safetensors`` or pytorch).
         publish (bool): Append the first 8 hex digits of the file's sha256 to
             its name, as MMDetection's ``publish_model.py`` does.
 
@@ -376,6 +380,8 @@ def save_file(obj: Dict[str, Any], dst: str, *, src: Optional[str] = None,
             writer = _HashingWriter(raw) if publish else raw
             if fmt == 'safetensors':
                 writer.write(_safetensors_bytes(obj))
+            elif fmt == 'pkl':  # numpy arrays + plain types (detectron2)
+                pickle.dump(obj, writer, protocol=4)
             else:
                 torch.save(obj, writer)
             raw.flush()

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from mmconv import load_file
 from mmconv.cli import selfsup2mmdet_main

@@ -94,8 +94,6 @@ def test_naive_pretrained_subclass_would_lose(tmp_path):
     this is what SelfSupPretrained must avoid."""
     model = TinyBackbone()
     path, sd = _moco_file(tmp_path, model)
-    model = TinyBackbone(init_cfg=dict(type='SelfSupPretrained',
-                                   checkpoint=str(path)))
     init = mmconv.SelfSupPretrainedInit(checkpoint=str(path), method='moco')
     init(model)  # loads, then the child's initializer runs again below
     model.stem._is_init = False
