@@ -7,7 +7,7 @@ runs.
 """
 import argparse
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from .errors import MMConvError
 from .formats import FORMATS
@@ -28,14 +28,15 @@ def _format_help() -> str:
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser,
-                          format_flag: str = '--selfsup') -> None:
+                          format_flag: str = '--selfsup',
+                          extra_formats: Sequence[str] = ()) -> None:
     """Add the arguments shared by every conversion command."""
     parser.add_argument('src', metavar='SRC', help='source checkpoint')
     parser.add_argument('dst', metavar='DST',
                         help='output checkpoint (.pth, or .safetensors)')
     parser.add_argument(format_flag, dest='fmt', default='auto',
-                        choices=['auto'] + list(FORMATS),
-                        help=_format_help())
+                        choices=['auto'] + list(FORMATS) +
+                        list(extra_formats), help=_format_help())
     _add_load_arguments(parser)
     parser.add_argument('--force', action='store_true',
                         help='overwrite DST if it exists')
@@ -95,6 +96,13 @@ def _convert(args: argparse.Namespace) -> None:
           (f' (sha256 {written.sha256})' if written.sha256 else ''))
 
 
+def _convert_to(args: argparse.Namespace) -> None:
+    """``mmconv convert``: to MMDetection as ``_convert``, or with ``--to`` /
+    detectron2 sources through :mod:`mmconv.d2cli`."""
+    from .d2cli import convert_command
+    convert_command(args, _convert)
+
+
 def _inspect(args: argparse.Namespace) -> None:
     """``inspect``: detect the format and show what would be kept."""
     from .api import load_and_convert
@@ -124,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('convert', help='convert a checkpoint',
                        epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_convert_arguments(p, '--from')
-    p.set_defaults(func=_convert)
+    from .d2cli import D2_NAMES, add_target_arguments
+    add_convert_arguments(p, '--from', extra_formats=D2_NAMES)
+    add_target_arguments(p)  # --to {mmdet,detectron2,torchvision}, --style
+    p.set_defaults(func=_convert_to)
     p = sub.add_parser('inspect', help='detect the format of a checkpoint '
                        'and show what would be kept')
     p.add_argument('src', metavar='FILE')

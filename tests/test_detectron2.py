@@ -606,3 +606,17 @@ def test_mmconv_convert_to_wiring(tmp_path, capsys, tv_resnet50):
     again = torch.load(c, weights_only=True)['state_dict']
     assert set(first) == set(again)
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_mmconv_console_convert_to(tmp_path, tv_resnet50):
+    """`mmconv convert SRC DST --to detectron2` and back, via cli.main."""
+    from mmconv.cli import main
+    src = tmp_path / 'tv.pth'
+    torch.save(tv_resnet50.state_dict(), src)
+    pkl, back = tmp_path / 'r50.pkl', tmp_path / 'back.pth'
+    assert main(['convert', str(src), str(pkl), '--to', 'detectron2']) == 0
+    assert main(['convert', str(pkl), str(back)]) == 0
+    got = torch.load(back, weights_only=True)['state_dict']
+    for k, v in tv_resnet50.state_dict().items():
+        if not k.startswith('fc.'):
+            assert torch.equal(got[k], v), k
