@@ -1,0 +1,707 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""DETR-family checkpoints from their official repositories -> MMDetection 3.x.
+
+=====================  ==========================================  ==========================
+format                 official repository (model)                 MMDetection model
+=====================  ==========================================  ==========================
+``detr``               facebookresearch/detr (R50, R101)           ``DETR``
+``deformable_detr``    fundamentalvision/Deformable-DETR (plain,   ``DeformableDETR``
+                       ``--with_box_refine``, ``--two_stage``)     (``with_box_refine``,
+                                                                   ``as_two_stage``)
+``conditional_detr``   Atten4Vis/ConditionalDETR                   ``ConditionalDETR``
+``dn_deformable_detr`` IDEA-Research/DN-DETR                       ``DeformableDETR`` refine:
+                       (``-m dn_dab_deformable_detr``)             backbone, neck, encoder,
+                                                                   decoder layers and heads
+                                                                   only (see below)
+=====================  ==========================================  ==========================
+
+The official training scripts save ``{'model', 'optimizer', 'lr_scheduler',
+'epoch', 'args'}`` (``args`` an ``argparse.Namespace``, admitted by mmconv's
+weights-only allowlist); the released files hold ``{'model'}``. Only
+``checkpoint['model']`` is converted.
+
+How each tensor is converted:
+
+* **Renames** are data: one ordered ``(regex, replacement or None, reason)``
+  table per format (:data:`DETR_RULES`, :data:`DEFORMABLE_DETR_RULES`,
+  :data:`CONDITIONAL_DETR_RULES`, :data:`DN_DEFORMABLE_DETR_RULES`), applied by
+  :func:`mmconv.convert.convert_state_dict` (first match wins; ``None`` drops
+  the tensor with its reason). Shared groups: backbone (``backbone.0.body.``
+  -> MMDetection ``ResNet``), input projection (``input_proj`` ->
+  ``ChannelMapper`` neck), level/query embeddings, transformer layers
+  (``linear1/linear2`` -> ``ffn.layers.0.0/ffn.layers.1``, ``normK`` ->
+  ``norms.J`` in the order MMDetection applies them), heads.
+* **Tensor surgery** is in named functions, listed in :data:`SURGERY`:
+  :func:`remap_coco_classes` turns the classifier of the original COCO id
+  space (91 rows, ids 0..90, or 92 with DETR's no-object row last) into
+  MMDetection's 80 contiguous classes, keeping the no-object row last where
+  the MMDetection head has one (``DETRHead``: softmax over
+  ``num_classes + 1``; ``DeformableDETRHead``/``ConditionalDETRHead`` use a
+  sigmoid over ``num_classes`` and have none).
+* **Attention projections**: every packed ``in_proj_weight``/``in_proj_bias``
+  of the official models (``nn.MultiheadAttention``, q/k/v rows in that
+  order) lands in an MMDetection ``MultiheadAttention``, which wraps
+  ``nn.MultiheadAttention`` as ``.attn`` with the same packed layout, so it is
+  renamed, never split; Conditional DETR's separate ``sa_*``/``ca_*``
+  projections map one to one onto MMDetection's ``ConditionalAttention``
+  (``qcontent_proj``, ``qpos_proj``, ...), so nothing is joined either.
+* **Aliases**: Deformable DETR registers one module under several names
+  (``class_embed.N`` = the same ``nn.Linear`` for every N without box
+  refinement; ``transformer.decoder.bbox_embed``/``class_embed`` = the head's
+  ModuleLists with refinement / two-stage). Keys holding one tensor that map
+  to one name are merged as aliases by the core (recorded in the report).
+* **FrozenBatchNorm2d** (all four repositories) stores weight, bias,
+  running_mean, running_var and no ``num_batches_tracked``; MMDetection's
+  frozen ``BN`` (``requires_grad=False``, ``norm_eval=True``) computes the same
+  and PyTorch fills the missing counter on load, so strict loading reports no
+  missing key.
+
+Known difference: the official Deformable DETR (and DN-Deformable-DETR)
+``input_proj.N.0`` convolutions carry a bias which MMDetection's GN
+``ChannelMapper`` omits by default (``bias='auto'``). The bias is kept and the
+configs in ``configs/detr_family/`` build the neck with ``bias=True``; the
+report says so. Nothing is dropped silently.
+
+DN-Deformable-DETR: MMDetection has no DAB/DN-Deformable-DETR and no model
+with exactly its decoder (its queries are 4-d anchor boxes ``refpoint_embed``
+with 255-d content ``tgt_embed`` plus a denoising indicator, and the decoder
+computes query positions with ``ref_point_head``/``query_scale``; MMDetection
+``DINO`` has no ``query_scale``, a final decoder norm, and two-stage queries).
+So the layers whose layouts are identical are converted into MMDetection's
+``DeformableDETR`` with box refinement (``feedforward_channels=2048``):
+backbone, neck, level embedding, encoder, decoder layers, class and box
+branches. Not carried (listed as dropped with these reasons):
+``label_enc`` (denoising label embedding), ``tgt_embed``, ``refpoint_embed``,
+``transformer.decoder.ref_point_head``, ``transformer.decoder.query_scale``;
+MMDetection's ``query_embedding`` and ``reference_points_fc`` stay at their
+initialisation, so the result needs fine-tuning before it detects anything.
+"""
+import argparse
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from .arch import check_resnet
+from .containers import unwrap
+from .convert import ConversionResult, convert_state_dict
+from .detect import Detection
+from .errors import ConversionError, UnknownFormatError
+from .formats import Format, Rule
+from .report import ConversionReport
+
+__all__ = [
+    'COCO_CATEGORY_IDS', 'DETR_RULES', 'DEFORMABLE_DETR_RULES',
+    'CONDITIONAL_DETR_RULES', 'DN_DEFORMABLE_DETR_RULES', 'DETR_FORMATS',
+    'SURGERY', 'DetrConversion', 'remap_coco_classes', 'keep_objectness_rows', 'detect_detr_format',
+    'detr_variant', 'convert_detr_state_dict', 'convert_detr_checkpoint',
+    'convert_detr_file', 'build_detr_output', 'main'
+]
+
+#: The 80 COCO category ids that MMDetection's ``CocoDataset`` numbers
+#: 0..79 in this order (sorted ids; 12, 26, 29, 30, 45, 66, 68, 69, 71 and 83
+#: are unused ids of the 91-id space the official models classify).
+COCO_CATEGORY_IDS: Tuple[int, ...] = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+    22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42,
+    43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61,
+    62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
+    85, 86, 87, 88, 89, 90)
+#: Rows of the official COCO classifiers: ids 0..90 (``num_classes = 91``).
+COCO_NUM_IDS = 91
+
+# --- rule groups shared by several formats -----------------------------------
+_L = r'(\d+)'
+_ENC = r'^transformer\.encoder\.layers\.' + _L
+_DEC = r'^transformer\.decoder\.layers\.' + _L
+
+# fmt: off
+BACKBONE_RULES: Tuple[Rule, ...] = (
+    (r'^backbone\.0\.body\.fc\.', None,     'ImageNet classifier (not in the detector)'),
+    (r'^backbone\.0\.body\.',  'backbone.', 'ResNet (backbone.0.body -> MMDetection ResNet; FrozenBatchNorm2d -> frozen BN)'),
+    (r'^backbone\.1\.',        None,        'learned position embedding (--position_embedding learned): MMDetection uses sine encodings, NOT carried'),
+)
+
+#: DETR-style post-norm encoder layer: attn -> norm1 -> ffn -> norm2.
+DETR_ENCODER_RULES: Tuple[Rule, ...] = (
+    (_ENC + r'\.self_attn\.', r'encoder.layers.\1.self_attn.attn.', 'encoder self-attention (packed in_proj kept packed: MMDetection MultiheadAttention wraps nn.MultiheadAttention as .attn)'),
+    (_ENC + r'\.linear1\.',   r'encoder.layers.\1.ffn.layers.0.0.', 'encoder FFN linear1'),
+    (_ENC + r'\.linear2\.',   r'encoder.layers.\1.ffn.layers.1.',   'encoder FFN linear2'),
+    (_ENC + r'\.norm1\.',     r'encoder.layers.\1.norms.0.',        'encoder norm after attention'),
+    (_ENC + r'\.norm2\.',     r'encoder.layers.\1.norms.1.',        'encoder norm after FFN'),
+)
+
+#: FFN and norms of DETR/Conditional DETR decoder layers:
+#: self-attn -> norm1 -> cross-attn -> norm2 -> ffn -> norm3.
+_DETR_DECODER_TAIL: Tuple[Rule, ...] = (
+    (_DEC + r'\.linear1\.',   r'decoder.layers.\1.ffn.layers.0.0.', 'decoder FFN linear1'),
+    (_DEC + r'\.linear2\.',   r'decoder.layers.\1.ffn.layers.1.',   'decoder FFN linear2'),
+    (_DEC + r'\.norm1\.',     r'decoder.layers.\1.norms.0.',        'decoder norm after self-attention'),
+    (_DEC + r'\.norm2\.',     r'decoder.layers.\1.norms.1.',        'decoder norm after cross-attention'),
+    (_DEC + r'\.norm3\.',     r'decoder.layers.\1.norms.2.',        'decoder norm after FFN'),
+    (r'^transformer\.decoder\.norm\.', 'decoder.post_norm.',        'decoder final norm'),
+)
+
+#: DETR-style head: one classifier, MLP(256, 256, 4, 3) box head
+#: (MMDetection: reg_ffn = Linear-ReLU, Linear; ReLU; fc_reg).
+_DETR_HEAD: Tuple[Rule, ...] = (
+    (r'^class_embed\.',          'bbox_head.fc_cls.',          'classifier (rows remapped by remap_coco_classes)'),
+    (r'^bbox_embed\.layers\.0\.', 'bbox_head.reg_ffn.layers.0.0.', 'box MLP layer 0'),
+    (r'^bbox_embed\.layers\.1\.', 'bbox_head.reg_ffn.layers.1.',   'box MLP layer 1'),
+    (r'^bbox_embed\.layers\.2\.', 'bbox_head.fc_reg.',             'box MLP output layer'),
+    (r'^query_embed\.',          'query_embedding.',            'object queries'),
+    (r'^input_proj\.',           'neck.convs.0.conv.',          'input projection (1x1 conv with bias = ChannelMapper conv, no norm)'),
+)
+
+DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES + (
+    (_DEC + r'\.self_attn\.',      r'decoder.layers.\1.self_attn.attn.',  'decoder self-attention (packed in_proj kept packed)'),
+    (_DEC + r'\.multihead_attn\.', r'decoder.layers.\1.cross_attn.attn.', 'decoder cross-attention (packed in_proj kept packed)'),
+) + _DETR_DECODER_TAIL + _DETR_HEAD
+
+CONDITIONAL_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES + tuple(
+    (_DEC + rf'\.sa_{p}_proj\.', rf'decoder.layers.\1.self_attn.{p}_proj.', f'conditional self-attention {p} projection')
+    for p in ('qcontent', 'qpos', 'kcontent', 'kpos', 'v')
+) + (
+    (_DEC + r'\.self_attn\.out_proj\.', r'decoder.layers.\1.self_attn.out_proj.', 'conditional self-attention output projection'),
+) + tuple(
+    (_DEC + rf'\.ca_{p}_proj\.', rf'decoder.layers.\1.cross_attn.{p}_proj.', f'conditional cross-attention {p} projection')
+    for p in ('qcontent', 'qpos', 'kcontent', 'kpos', 'v', 'qpos_sine')
+) + (
+    (_DEC + r'\.cross_attn\.out_proj\.', r'decoder.layers.\1.cross_attn.out_proj.', 'conditional cross-attention output projection'),
+    (r'^transformer\.decoder\.query_scale\.',    'decoder.query_scale.',    'conditional spatial query scale MLP'),
+    (r'^transformer\.decoder\.ref_point_head\.', 'decoder.ref_point_head.', 'reference point MLP'),
+) + _DETR_DECODER_TAIL + _DETR_HEAD
+
+#: Deformable DETR: multi-scale deformable attention has the same four
+#: linears (sampling_offsets, attention_weights, value_proj, output_proj,
+#: same output ordering) in the official op and in mmcv's.
+_DEFORMABLE_TRANSFORMER: Tuple[Rule, ...] = (
+    (r'^transformer\.level_embed$', 'level_embed', 'level embedding'),
+    (_ENC + r'\.self_attn\.', r'encoder.layers.\1.self_attn.', 'encoder deformable attention'),
+    (_ENC + r'\.linear1\.',   r'encoder.layers.\1.ffn.layers.0.0.', 'encoder FFN linear1'),
+    (_ENC + r'\.linear2\.',   r'encoder.layers.\1.ffn.layers.1.',   'encoder FFN linear2'),
+    (_ENC + r'\.norm1\.',     r'encoder.layers.\1.norms.0.',        'encoder norm after attention'),
+    (_ENC + r'\.norm2\.',     r'encoder.layers.\1.norms.1.',        'encoder norm after FFN'),
+    # official decoder layer: self-attn -> norm2 -> cross-attn -> norm1 -> ffn -> norm3
+    (_DEC + r'\.self_attn\.',  r'decoder.layers.\1.self_attn.attn.', 'decoder self-attention (packed in_proj kept packed)'),
+    (_DEC + r'\.cross_attn\.', r'decoder.layers.\1.cross_attn.',     'decoder deformable cross-attention'),
+    (_DEC + r'\.norm2\.',      r'decoder.layers.\1.norms.0.',        'decoder norm after self-attention (official norm2)'),
+    (_DEC + r'\.norm1\.',      r'decoder.layers.\1.norms.1.',        'decoder norm after cross-attention (official norm1)'),
+    (_DEC + r'\.norm3\.',      r'decoder.layers.\1.norms.2.',        'decoder norm after FFN'),
+    (_DEC + r'\.linear1\.',    r'decoder.layers.\1.ffn.layers.0.0.', 'decoder FFN linear1'),
+    (_DEC + r'\.linear2\.',    r'decoder.layers.\1.ffn.layers.1.',   'decoder FFN linear2'),
+    (r'^transformer\.reference_points\.', 'reference_points_fc.', 'reference points from query positions'),
+    (r'^transformer\.enc_output\.',       'memory_trans_fc.',     'two-stage memory transform'),
+    (r'^transformer\.enc_output_norm\.',  'memory_trans_norm.',   'two-stage memory norm'),
+    (r'^transformer\.pos_trans\.',        'pos_trans_fc.',        'two-stage proposal position transform'),
+    (r'^transformer\.pos_trans_norm\.',   'pos_trans_norm.',      'two-stage proposal position norm'),
+)
+
+#: Heads per decoder layer (+1 for two-stage proposals): ``class_embed.N`` /
+#: ``bbox_embed.N`` (MLP layers 0, 1, 2 = Sequential indices 0, 2, 4 of
+#: MMDetection's reg_branches); the ``transformer.decoder.*_embed`` names are
+#: the same modules registered a second time (aliases).
+_DEFORMABLE_HEAD: Tuple[Rule, ...] = (
+    (r'^(?:transformer\.decoder\.)?class_embed\.(\d+)\.',          r'bbox_head.cls_branches.\1.',   'classifier of decoder layer N (rows remapped by remap_coco_classes)'),
+    (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.0\.', r'bbox_head.reg_branches.\1.0.', 'box MLP layer 0 of decoder layer N'),
+    (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.1\.', r'bbox_head.reg_branches.\1.2.', 'box MLP layer 1 of decoder layer N'),
+    (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.2\.', r'bbox_head.reg_branches.\1.4.', 'box MLP output layer of decoder layer N'),
+    (r'^query_embed\.', 'query_embedding.', 'object queries (position half, then content half)'),
+    (r'^input_proj\.([0-2])\.0\.', r'neck.convs.\1.conv.', 'input projection conv (has a bias: the neck needs bias=True)'),
+    (r'^input_proj\.([0-2])\.1\.', r'neck.convs.\1.gn.',   'input projection GroupNorm'),
+    (r'^input_proj\.3\.0\.', 'neck.extra_convs.0.conv.',   'extra level 3x3/2 conv (has a bias: the neck needs bias=True)'),
+    (r'^input_proj\.3\.1\.', 'neck.extra_convs.0.gn.',     'extra level GroupNorm'),
+)
+
+DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + _DEFORMABLE_TRANSFORMER + _DEFORMABLE_HEAD
+
+#: Not carried from DN-Deformable-DETR (no MMDetection equivalent).
+DN_NOT_CARRIED: Tuple[Rule, ...] = (
+    (r'^label_enc\.',      None, 'NOT carried: denoising label embedding (92 ids x 255 + indicator); MMDetection DeformableDETR has no denoising queries'),
+    (r'^tgt_embed\.',      None, 'NOT carried: DAB content queries (255-d + indicator); MMDetection query_embedding keeps its initialisation'),
+    (r'^refpoint_embed\.', None, 'NOT carried: DAB learnable 4-d anchor boxes; MMDetection predicts 2-d reference points with reference_points_fc (initialised)'),
+    (r'^patterns_embed\.', None, 'NOT carried: DAB pattern embeddings'),
+    (r'^transformer\.decoder\.ref_point_head\.', None, 'NOT carried: DAB query-position MLP of the anchor sine embedding'),
+    (r'^transformer\.decoder\.query_scale\.',    None, 'NOT carried: DAB query scale MLP'),
+    (r'^transformer\.decoder\.high_dim_query_proj\.', None, 'NOT carried: DAB high-dimensional query update'),
+)
+
+DN_DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = DN_NOT_CARRIED + DEFORMABLE_DETR_RULES
+# fmt: on
+
+_TOP = ('model', )
+
+DETR_FORMATS: Dict[str, Format] = {f.name: f for f in (
+    Format('dn_deformable_detr', 'DN-Deformable-DETR (DN-DAB-Deformable-DETR)',
+           rules=DN_DEFORMABLE_DETR_RULES,
+           sentinels=(r'^refpoint_embed\.weight$', r'^transformer\.level_embed$'),
+           containers=_TOP,
+           source='IDEA-Research/DN-DETR: main.py -m dn_dab_deformable_detr saves '
+           '{model, optimizer, lr_scheduler, epoch, args}'),
+    Format('deformable_detr', 'Deformable DETR',
+           rules=DEFORMABLE_DETR_RULES,
+           sentinels=(r'^transformer\.level_embed$',
+                      r'^transformer\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$'),
+           containers=_TOP,
+           released=('r50_deformable_detr-checkpoint.pth',
+                     'r50_deformable_detr_plus_iterative_bbox_refinement-checkpoint.pth',
+                     'r50_deformable_detr_plus_iterative_bbox_refinement_plus_plus_two_stage-checkpoint.pth'),
+           source='fundamentalvision/Deformable-DETR: main.py saves {model, optimizer, '
+           'lr_scheduler, epoch, args}'),
+    Format('conditional_detr', 'Conditional DETR',
+           rules=CONDITIONAL_DETR_RULES,
+           sentinels=(r'^transformer\.decoder\.layers\.0\.ca_qpos_sine_proj\.weight$',
+                      r'^class_embed\.weight$'),
+           containers=_TOP,
+           released=('ConditionalDETR_r50_epoch50.pth', 'ConditionalDETR_r101_epoch50.pth'),
+           source='Atten4Vis/ConditionalDETR: main.py saves {model, optimizer, '
+           'lr_scheduler, epoch, args}'),
+    Format('detr', 'DETR',
+           rules=DETR_RULES,
+           sentinels=(r'^transformer\.decoder\.layers\.0\.multihead_attn\.in_proj_weight$',
+                      r'^class_embed\.weight$', r'^input_proj\.weight$'),
+           containers=_TOP,
+           released=('detr-r50-e632da11.pth', 'detr-r101-2c7b67e5.pth'),
+           source='facebookresearch/detr: main.py saves {model, optimizer, '
+           'lr_scheduler, epoch, args}; released files {model}'),
+)}
+
+# --- tensor surgery ------------------------------------------------------------
+
+
+def remap_coco_classes(tensor: torch.Tensor, no_object: bool) -> torch.Tensor:
+    """Classifier rows of the 91-id COCO space -> MMDetection's 80 classes.
+
+    The official models classify category *ids* (``num_classes = 91``: rows
+    0..90, of which the 80 in :data:`COCO_CATEGORY_IDS` are used); DETR adds
+    a no-object row at index 91. MMDetection numbers the 80 classes 0..79 in
+    id order and, for softmax heads (``DETRHead``), puts no-object last.
+
+    Args:
+        tensor (Tensor): ``class_embed`` weight ``(91|92, C)`` or bias
+            ``(91|92,)``.
+        no_object (bool): The source has a no-object row (92 rows) and the
+            target keeps it as row 80.
+
+    Returns:
+        Tensor: ``(80, ...)``, or ``(81, ...)`` with ``no_object``.
+
+    Raises:
+        ConversionError: If the row count is not the COCO one.
+
+    Example:
+        >>> remap_coco_classes(torch.arange(92.), no_object=True)[[0, 11, 80]]
+        tensor([ 1., 13., 91.])
+    """
+    rows = COCO_NUM_IDS + int(no_object)
+    if tensor.shape[0] != rows:
+        raise ConversionError(
+            f'classifier has {tensor.shape[0]} rows, not the {rows} of an '
+            'official COCO model (ids 0..90' + (' + no-object' if no_object
+                                                else '') + '); '
+            'use --keep-classes for models trained on other datasets')
+    index = list(COCO_CATEGORY_IDS) + ([COCO_NUM_IDS] if no_object else [])
+    return tensor[torch.tensor(index)].clone()
+
+
+#: Value changes applied after renaming: ``(format, output-key regex,
+#: function name, what it does)``. DETRHead is softmax over 80 + no-object;
+#: the other heads are sigmoid over 80 classes with no no-object row.
+# fmt: off
+SURGERY: Tuple[Tuple[str, str, str, str], ...] = (
+    # two-stage: the last branch (index = decoder layers) scores encoder
+    # proposals by its row 0 only, trained class-agnostically (all labels 0)
+    # by both codes: that row must stay row 0, not be remapped as a class.
+    ('deformable_detr',    r'^bbox_head\.cls_branches\.{proposal}\.(weight|bias)$', 'keep_objectness_rows', 'two-stage proposal classifier: row 0 (class-agnostic objectness, the only row either code uses) stays row 0; rows 0..79 kept by position'),
+    ('detr',               r'^bbox_head\.fc_cls\.(weight|bias)$',             'remap_coco_classes(no_object=True)',  '92 COCO-id rows -> 80 classes + no-object last (DETRHead, softmax)'),
+    ('conditional_detr',   r'^bbox_head\.fc_cls\.(weight|bias)$',             'remap_coco_classes(no_object=False)', '91 COCO-id rows -> 80 classes (ConditionalDETRHead, sigmoid)'),
+    ('deformable_detr',    r'^bbox_head\.cls_branches\.\d+\.(weight|bias)$', 'remap_coco_classes(no_object=False)', '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)'),
+    ('dn_deformable_detr', r'^bbox_head\.cls_branches\.\d+\.(weight|bias)$', 'remap_coco_classes(no_object=False)', '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)'),
+)
+# fmt: on
+
+def keep_objectness_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Two-stage proposal classifier (91 rows) -> 80 rows by position.
+
+    Deformable DETR's two-stage encoder branch is trained with every label
+    set to 0 and ranks proposals by ``logits[..., 0]`` (official code and
+    MMDetection alike), so row 0 is an objectness score, not class id 0.
+
+    Example:
+        >>> keep_objectness_rows(torch.arange(91.))[:3]
+        tensor([0., 1., 2.])
+    """
+    if tensor.shape[0] != COCO_NUM_IDS:
+        raise ConversionError(
+            f'two-stage proposal classifier has {tensor.shape[0]} rows, not '
+            f'{COCO_NUM_IDS}; use --keep-classes for non-COCO models')
+    return tensor[:len(COCO_CATEGORY_IDS)].clone()
+
+
+_SURGERY_FUNCS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    'keep_objectness_rows': keep_objectness_rows,
+    'remap_coco_classes(no_object=True)':
+    lambda t: remap_coco_classes(t, no_object=True),
+    'remap_coco_classes(no_object=False)':
+    lambda t: remap_coco_classes(t, no_object=False),
+}
+
+# --- detection -------------------------------------------------------------------
+
+
+def detect_detr_format(keys) -> Detection:
+    """Name the DETR-family format of a state dict from sentinel keys.
+
+    Args:
+        keys: Keys of ``checkpoint['model']``.
+
+    Returns:
+        Detection: The format and the keys that decided it.
+
+    Raises:
+        UnknownFormatError: If no DETR-family format matches.
+    """
+    keys = list(keys)
+    for fmt in DETR_FORMATS.values():
+        hits = []
+        for sentinel in fmt.sentinels:
+            pattern = re.compile(sentinel)
+            hit = next((k for k in keys if pattern.search(k)), None)
+            if hit is None:
+                break
+            hits.append(hit)
+        else:
+            return Detection(fmt.name, f'{fmt.title}: found ' +
+                             ', '.join(repr(h) for h in hits))
+    raise UnknownFormatError(
+        'not a DETR-family checkpoint (first keys: ' +
+        ', '.join(repr(k) for k in keys[:5]) + '); supported: ' +
+        ', '.join(DETR_FORMATS) + ' — pass --from explicitly for a variant')
+
+
+def detr_variant(fmt: str, keys) -> Dict[str, Any]:
+    """Model options the weights imply, and the config to build.
+
+    Returns:
+        dict: ``with_box_refine``, ``as_two_stage`` (Deformable DETR family),
+        ``depth`` (ResNet) and ``config`` (the matching config: mmconv's
+        ``configs/detr_family/`` for Deformable DETR / DN, MMDetection's own
+        otherwise).
+    """
+    keys = list(keys)
+    depth = check_resnet(k[len('backbone.0.body.'):] for k in keys
+                         if k.startswith('backbone.0.body.')).depth
+    out: Dict[str, Any] = {'depth': depth}
+    if fmt == 'detr':
+        out['config'] = ('mmdet::detr/detr_r101_8xb2-500e_coco.py'
+                         if depth == 101 else
+                         'mmdet::detr/detr_r50_8xb2-150e_coco.py')
+    elif fmt == 'conditional_detr':
+        out['config'] = 'mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py'
+        if depth != 50:
+            out['config'] += f' (with backbone depth={depth})'
+    else:
+        refine = any(k.startswith('transformer.decoder.bbox_embed.')
+                     for k in keys)
+        two_stage = 'transformer.enc_output.weight' in keys
+        out.update(with_box_refine=refine, as_two_stage=two_stage)
+        if fmt == 'dn_deformable_detr':
+            out['config'] = ('configs/detr_family/'
+                             'dn-deformable-detr-refine_r50_official_coco.py')
+        else:
+            name = {(False, False): 'deformable-detr',
+                    (True, False): 'deformable-detr-refine',
+                    (True, True): 'deformable-detr-refine-twostage'}.get(
+                        (refine, two_stage))
+            out['config'] = (
+                f'configs/detr_family/{name}_r50_official_coco.py' if name
+                else 'an MMDetection DeformableDETR with with_box_refine='
+                f'{refine}, as_two_stage={two_stage}, neck bias=True')
+        if depth not in (50, None):
+            out['config'] += f' (with backbone depth={depth})'
+    return out
+
+
+# --- conversion ------------------------------------------------------------------
+
+
+@dataclass
+class DetrConversion:
+    """A converted DETR-family model.
+
+    Attributes:
+        state_dict (dict): MMDetection keys -> tensors.
+        report (ConversionReport): Kept/aliased/dropped tensors, per key.
+        variant (dict): Model options and the config to build
+            (:func:`detr_variant`).
+        changed (list[tuple]): ``(key, shape before, shape after, what)`` of
+            every tensor whose values were changed by :data:`SURGERY`.
+        notes (list[str]): What the user must know (neck bias, not carried).
+    """
+
+    state_dict: Dict[str, torch.Tensor]
+    report: ConversionReport
+    variant: Dict[str, Any]
+    changed: List[Tuple[str, Tuple[int, ...], Tuple[int, ...], str]] = \
+        field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The core's summary plus the target config, surgery and notes."""
+        lines = [self.report.summary(), f'config:   {self.variant["config"]}']
+        for key, before, after, what in self.changed:
+            lines.append(f'changed:  {key} {list(before)} -> {list(after)}: '
+                         f'{what}')
+        lines += [f'note:     {n}' for n in self.notes]
+        return '\n'.join(lines)
+
+    def to_meta(self) -> Dict[str, Any]:
+        """Plain-typed provenance for the output's ``meta``."""
+        meta = self.report.to_meta()
+        meta.update(
+            mmdet_config=self.variant['config'],
+            variant={k: v for k, v in self.variant.items() if k != 'config'},
+            changed=[f'{k} {list(b)} -> {list(a)}: {w}'
+                     for k, b, a, w in self.changed],
+            notes=list(self.notes))
+        return meta
+
+
+def convert_detr_state_dict(state_dict: Mapping[str, torch.Tensor],
+                            fmt: str = 'auto', *,
+                            keep_classes: bool = False) -> DetrConversion:
+    """Convert an official DETR-family state dict (``checkpoint['model']``).
+
+    Args:
+        state_dict (dict): Official keys -> tensors.
+        fmt (str): A key of :data:`DETR_FORMATS` or ``'auto'``.
+        keep_classes (bool): Keep the classifier rows as they are (models
+            trained on other datasets); MMDetection's ``num_classes`` must
+            then match. Defaults to False (COCO remapping).
+
+    Returns:
+        DetrConversion: Weights, report, variant and notes.
+
+    Raises:
+        UnknownFormatError: ``fmt`` unknown, or ``'auto'`` and nothing fits.
+        ConversionError: A tensor outside the format's layout (the model is
+            a variant with no MMDetection equivalent), or a collision.
+    """
+    if fmt == 'auto':
+        detection = detect_detr_format(state_dict)
+        fmt, how = detection.name, f'detected: {detection.reason}'
+    else:
+        how = 'given'
+    if fmt not in DETR_FORMATS:
+        raise UnknownFormatError(f'unknown DETR-family format {fmt!r}; '
+                                 f'supported: {", ".join(DETR_FORMATS)}')
+    spec = DETR_FORMATS[fmt]
+    result: ConversionResult = convert_state_dict(dict(state_dict), spec)
+    report = result.report
+    report.detection = how
+    outside = [r.old for r in report.dropped
+               if r.reason.startswith('outside the ')]
+    if outside:
+        raise ConversionError(
+            f'{len(outside)} tensors are outside the {spec.title} layout '
+            f'(first: {", ".join(map(repr, outside[:4]))}): the checkpoint '
+            f'is a variant with no MMDetection equivalent, or not {fmt}')
+    out = result.state_dict
+    report.backbone = check_resnet(k[len('backbone.'):] for k in out
+                                   if k.startswith('backbone.'))
+    conv = DetrConversion(out, report, detr_variant(fmt, state_dict))
+    if not keep_classes:
+        _apply_surgery(conv, fmt)
+    _add_notes(conv, fmt)
+    return conv
+
+
+def _apply_surgery(conv: DetrConversion, fmt: str) -> None:
+    """Apply :data:`SURGERY`; one result per source tensor (aliases stay
+    one tensor)."""
+    done: Dict[Tuple[int, Tuple[int, ...], str], torch.Tensor] = {}
+    decided = set()
+    proposal = None
+    if conv.variant.get('as_two_stage'):
+        proposal = sum(1 for k in conv.state_dict
+                       if re.match(r'^decoder\.layers\.\d+\.norms\.0\.weight$',
+                                   k))
+    for name, pattern, func, what in SURGERY:
+        if name != fmt or ('{proposal}' in pattern and proposal is None):
+            continue
+        regex = re.compile(pattern.replace('{proposal}', str(proposal)))
+        for key in [k for k in conv.state_dict
+                    if regex.search(k) and k not in decided]:
+            decided.add(key)
+            before = conv.state_dict[key]
+            ident = (before.data_ptr(), tuple(before.shape), func)
+            if ident not in done:
+                done[ident] = _SURGERY_FUNCS[func](before)
+            after = done[ident]
+            conv.state_dict[key] = after
+            conv.changed.append((key, tuple(before.shape), tuple(after.shape),
+                                 f'{func}: {what}'))
+
+
+def _add_notes(conv: DetrConversion, fmt: str) -> None:
+    """What the user must know about the result."""
+    keys = conv.state_dict
+    if any(re.match(r'^neck\.(?:extra_)?convs\.\d+\.conv\.bias$', k)
+           for k in keys) and any('.gn.' in k for k in keys):
+        conv.notes.append(
+            'the official input_proj convs have a bias that MMDetection\'s GN '
+            "ChannelMapper omits by default (bias='auto'): build the neck with "
+            'bias=True (configs/detr_family/*_official_coco.py do) or these '
+            'tensors are unexpected keys')
+    if fmt == 'detr' and conv.changed:
+        unused = sorted(set(range(COCO_NUM_IDS)) - set(COCO_CATEGORY_IDS))
+        conv.notes.append(
+            'DETRHead applies its softmax to the 80 classes + no-object only: '
+            f'the rows of the {len(unused)} COCO ids no category uses '
+            f'({", ".join(map(str, unused))}) are dropped from the classifier, '
+            'so the scores equal the official ones renormalised over the kept '
+            'columns (identical when those ids get no probability; official '
+            'training never targets them); logits and boxes are unchanged')
+    if fmt == 'dn_deformable_detr':
+        conv.notes.append(
+            'DN-Deformable-DETR has no exact MMDetection equivalent: backbone, '
+            'neck, level embedding, encoder, decoder layers and class/box '
+            'branches are converted into DeformableDETR (box refinement, '
+            'feedforward_channels=2048); the DAB/DN query parts are NOT '
+            'carried (see dropped); MMDetection query_embedding and '
+            'reference_points_fc stay initialised: fine-tune before use')
+    dropped = [r for r in conv.report.dropped if 'NOT carried' in r.reason]
+    if dropped and fmt != 'dn_deformable_detr':
+        conv.notes.append(f'{len(dropped)} tensors NOT carried (see dropped)')
+
+
+def convert_detr_checkpoint(checkpoint: Any, fmt: str = 'auto', *,
+                            keep_classes: bool = False) -> DetrConversion:
+    """Unwrap (``checkpoint['model']``), detect and convert.
+
+    Args:
+        checkpoint: What ``torch.load`` returned.
+        fmt (str): Format name or ``'auto'``.
+        keep_classes (bool): See :func:`convert_detr_state_dict`.
+
+    Returns:
+        DetrConversion: The conversion.
+    """
+    unwrapped = unwrap(checkpoint)
+    conv = convert_detr_state_dict(unwrapped.state_dict, fmt,
+                                   keep_classes=keep_classes)
+    conv.report.where = unwrapped.where
+    conv.report.ignored_entries = list(unwrapped.ignored)
+    return conv
+
+
+def build_detr_output(conv: DetrConversion, src: str,
+                      distinct: bool = False) -> Dict[str, Any]:
+    """``{'state_dict': ..., 'meta': {...}}`` (plain-typed ``meta``).
+
+    Args:
+        distinct (bool): Give tensors shared under several names their own
+            copies (safetensors refuses shared storage).
+    """
+    from .version import __version__
+    sd = conv.state_dict
+    if distinct:
+        seen, copy = set(), {}
+        for k, v in sd.items():
+            ident = (v.data_ptr(), tuple(v.shape), v.stride())
+            copy[k] = v.clone() if ident in seen else v
+            seen.add(ident)
+        sd = copy
+    meta = {'converter': 'mmconv', 'mmconv_version': __version__,
+            'source_file': os.path.basename(os.fspath(src))}
+    meta.update(conv.to_meta())
+    return {'state_dict': sd, 'meta': meta}
+
+
+@dataclass
+class WrittenDetr:
+    """A finished file conversion: the conversion, path and sha256."""
+
+    conversion: DetrConversion
+    path: str
+    sha256: Optional[str]
+
+
+def convert_detr_file(src: str, dst: str, fmt: str = 'auto', *,
+                      keep_classes: bool = False, unsafe: bool = False,
+                      force: bool = False, out_format: Optional[str] = None,
+                      publish: bool = False,
+                      warn: Optional[Callable[[str], None]] = None
+                      ) -> WrittenDetr:
+    """Load ``src`` safely, convert it and write ``dst`` atomically."""
+    from .io import check_destination, load_file, save_file
+    check_destination(dst, src, force)
+    checkpoint = load_file(src, unsafe=unsafe, warn=warn)
+    conv = convert_detr_checkpoint(checkpoint, fmt, keep_classes=keep_classes)
+    safetensors = (out_format == 'safetensors'
+                   or (out_format is None and dst.endswith('.safetensors')))
+    path, sha = save_file(build_detr_output(conv, src, distinct=safetensors),
+                          dst, src=src, force=force, out_format=out_format,
+                          publish=publish)
+    return WrittenDetr(conv, path, sha)
+
+
+# --- command line ----------------------------------------------------------------
+
+EPILOG = ('Build the model from the printed config and load the output with\n'
+          "  load_from='DST'   (or init_cfg=dict(type='Pretrained', "
+          "checkpoint='DST'))\n"
+          'Deformable DETR family: use configs/detr_family/*_official_coco.py '
+          '(neck bias=True).')
+
+
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """Arguments of ``detr_family2mmdet.py``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description='Convert an official DETR / Deformable DETR / '
+        'Conditional DETR / DN-Deformable-DETR checkpoint into an MMDetection '
+        '3.x detector checkpoint.', epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('src', metavar='SRC', help='official checkpoint')
+    parser.add_argument('dst', metavar='DST',
+                        help='output checkpoint (.pth, or .safetensors)')
+    parser.add_argument('--from', dest='fmt', default='auto',
+                        choices=['auto'] + list(DETR_FORMATS),
+                        help='source format (default: auto-detect)')
+    parser.add_argument('--keep-classes', action='store_true',
+                        help='do not remap the 91/92 COCO-id classifier rows '
+                        'to 80 classes (non-COCO models)')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='allow arbitrary pickled objects in SRC (trusted '
+                        'files only)')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite DST if it exists')
+    parser.add_argument('--out-format', choices=['pytorch', 'safetensors'])
+    parser.add_argument('--publish', action='store_true',
+                        help='append the sha256 prefix to the file name')
+    parser.add_argument('-v', '--verbose', action='store_true',
+                        help='print every old -> new key')
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Convert as ``args`` say and print the report."""
+    from .cli import _warn
+    written = convert_detr_file(
+        args.src, args.dst, args.fmt, keep_classes=args.keep_classes,
+        unsafe=args.unsafe_load, force=args.force,
+        out_format=args.out_format, publish=args.publish, warn=_warn)
+    if args.verbose:
+        print(written.conversion.report.details())
+    print(written.conversion.summary())
+    print(f'output:   {written.path}' +
+          (f' (sha256 {written.sha256})' if written.sha256 else ''))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``tools/model_converters/detr_family2mmdet.py``."""
+    from .cli import _run
+    args = build_parser().parse_args(argv)
+    return _run(run, args)

@@ -1,0 +1,328 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""DETR-family official checkpoints -> MMDetection 3.x detectors.
+
+Source checkpoints are synthesized from key manifests recorded from the
+official code (``tests/fixtures/detr_manifests``); the targets are built from
+MMDetection's own configs (mmconv's ``configs/detr_family`` where the neck
+needs ``bias=True``). Outputs of the official models on seeded weights are in
+``tests/fixtures/detr_outputs`` (recorded once with the official code).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mmconv import load_file
+from mmconv.detect import detect_format
+from mmconv.detr import (COCO_CATEGORY_IDS, DETR_FORMATS,
+                         convert_detr_checkpoint, detect_detr_format,
+                         keep_objectness_rows, main, remap_coco_classes)
+from mmconv.errors import ConversionError, UnknownFormatError
+from tests.fixtures.detr_checkpoints import (load_manifest, manifest_names,
+                                             synthesize_checkpoint,
+                                             synthesize_state_dict)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTPUTS = os.path.join(ROOT, 'tests', 'fixtures', 'detr_outputs')
+FAMILY = os.path.join(ROOT, 'configs', 'detr_family')
+
+#: manifest -> (format, config to build, MMDetection keys left at init)
+CASES = {
+    'detr_r50': ('detr', 'mmdet::detr/detr_r50_8xb2-150e_coco.py', set()),
+    'detr_r101': ('detr', 'mmdet::detr/detr_r101_8xb2-500e_coco.py', set()),
+    'deformable_detr_r50': (
+        'deformable_detr',
+        os.path.join(FAMILY, 'deformable-detr_r50_official_coco.py'), set()),
+    'deformable_detr_refine_r50': (
+        'deformable_detr',
+        os.path.join(FAMILY, 'deformable-detr-refine_r50_official_coco.py'),
+        set()),
+    'deformable_detr_refine_twostage_r50': (
+        'deformable_detr',
+        os.path.join(FAMILY,
+                     'deformable-detr-refine-twostage_r50_official_coco.py'),
+        set()),
+    'conditional_detr_r50': (
+        'conditional_detr',
+        'mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py',
+        set()),
+    'dn_deformable_detr_r50': (
+        'dn_deformable_detr',
+        os.path.join(FAMILY, 'dn-deformable-detr-refine_r50_official_coco.py'),
+        {'query_embedding.weight', 'reference_points_fc.weight',
+         'reference_points_fc.bias'}),
+}
+_MODELS = {}
+
+
+def _build(config):
+    """The MMDetection model of ``config`` (built once per session)."""
+    if config not in _MODELS:
+        from mmengine.config import Config
+        from mmengine.hub import get_config
+        from mmengine.registry import init_default_scope
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+        register_all_modules()
+        init_default_scope('mmdet')
+        cfg = (get_config(config) if config.startswith('mmdet::')
+               else Config.fromfile(config))
+        torch.manual_seed(0)
+        _MODELS[config] = MODELS.build(cfg.model).eval()
+    return _MODELS[config]
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory):
+    """manifest -> (source checkpoint, CLI output file), made on demand."""
+    tmp = tmp_path_factory.mktemp('detr')
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            ckpt = synthesize_checkpoint(load_manifest(name))
+            src, dst = tmp / f'{name}.pth', tmp / f'{name}_mmdet.pth'
+            torch.save(ckpt, src)
+            assert main([str(src), str(dst)]) == 0
+            cache[name] = ckpt, load_file(str(dst))
+        return cache[name]
+
+    return get
+
+
+def test_manifests_are_consistent():
+    """Every manifest names its source, and aliases point at earlier keys of
+    the same shape."""
+    assert sorted(CASES) == manifest_names()
+    for name in manifest_names():
+        m = load_manifest(name)
+        assert m['num_keys'] == len(m['keys'])
+        assert len(m['commit']) == 40 and m['repository']
+        keys = list(m['keys'])
+        for alias, target in m['aliases'].items():
+            assert keys.index(target) < keys.index(alias)
+            assert m['keys'][alias] == m['keys'][target]
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_auto_detection(name):
+    """Sentinel keys name the format; mmconv's ResNet detection does not
+    claim any DETR-family checkpoint."""
+    ckpt = synthesize_checkpoint(load_manifest(name))
+    assert detect_detr_format(ckpt['model']).name == CASES[name][0]
+    with pytest.raises(UnknownFormatError):
+        detect_format(ckpt)
+
+
+def test_resnet_checkpoints_are_not_detr():
+    """A torchvision ResNet is not taken for a DETR-family checkpoint."""
+    import torchvision
+    sd = torchvision.models.resnet18().state_dict()
+    with pytest.raises(UnknownFormatError):
+        detect_detr_format(sd)
+    assert detect_format(sd).name == 'torchvision'
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_converts_and_loads_strictly(name, converted):
+    """The CLI output loads into the model of the matching config with zero
+    unexpected keys and no missing key (DN: exactly the query parts MMDetection
+    has and DN-Deformable-DETR does not); every source tensor is kept, merged
+    as an alias or dropped with a reason; kept tensors arrive unchanged
+    except the classifier rows (remapped)."""
+    fmt, config, left_at_init = CASES[name]
+    ckpt, out = converted(name)
+    model = _build(config)
+    sd = out['state_dict']
+    result = model.load_state_dict(sd, strict=False)
+    assert result.unexpected_keys == []
+    assert set(result.missing_keys) == left_at_init
+    if not left_at_init:
+        model.load_state_dict(sd, strict=True)
+    # every tensor accounted for
+    conv = convert_detr_checkpoint(ckpt)
+    rep = conv.report
+    assert (len(rep.kept) + len(rep.aliases) + len(rep.dropped)
+            == len(ckpt['model']))
+    assert {r.new for r in rep.kept} == set(sd)
+    assert out['meta']['source_format'] == fmt
+    assert out['meta']['num_tensors'] == len(sd)
+    changed = {c[0] for c in conv.changed}
+    target = model.state_dict()
+    for r in rep.kept + rep.aliases:
+        assert target[r.new].shape == sd[r.new].shape
+        if r.new not in changed:
+            assert torch.equal(sd[r.new], ckpt['model'][r.old]), r.old
+    assert all('cls_branches' in k or 'fc_cls' in k for k in changed)
+    for key in changed:  # loaded values are the converted ones
+        assert torch.equal(target[key], sd[key])
+
+
+@pytest.mark.parametrize('name', ['deformable_detr_r50',
+                                  'dn_deformable_detr_r50'])
+def test_neck_bias_is_reported_not_dropped(name, converted):
+    """The official input_proj conv biases are kept; the report says the neck
+    needs bias=True; MMDetection's default neck (bias='auto') would see
+    exactly these four tensors as unexpected."""
+    ckpt, out = converted(name)
+    conv = convert_detr_checkpoint(ckpt)
+    assert any("bias=True" in n for n in conv.notes)
+    assert any("bias=True" in n for n in out['meta']['notes'])
+    biases = {k for k in out['state_dict']
+              if k.startswith('neck.') and k.endswith('conv.bias')}
+    assert biases == {'neck.convs.0.conv.bias', 'neck.convs.1.conv.bias',
+                      'neck.convs.2.conv.bias', 'neck.extra_convs.0.conv.bias'}
+    default = _build('mmdet::deformable_detr/'
+                     'deformable-detr_r50_16xb2-50e_coco.py')
+    assert not any(k in default.state_dict() for k in biases)
+
+
+def test_deformable_aliases_are_one_tensor():
+    """Deformable DETR's shared heads and transformer.decoder.*_embed are
+    recognised as one tensor each, not leftovers or collisions."""
+    for name, n_alias in (('deformable_detr_refine_r50', 36),
+                          ('deformable_detr_refine_twostage_r50', 56)):
+        manifest = load_manifest(name)
+        rep = convert_detr_checkpoint(synthesize_checkpoint(manifest)).report
+        assert len(rep.aliases) == n_alias
+        # the keys the official code registers a second time, as recorded
+        assert {r.old for r in rep.aliases} == set(manifest['aliases'])
+        assert rep.dropped == []
+    # plain: one Linear/MLP registered as class_embed.0..5 -> one tensor per
+    # MMDetection branch (MMDetection shares them the same way)
+    ckpt = synthesize_checkpoint(load_manifest('deformable_detr_r50'))
+    sd = convert_detr_checkpoint(ckpt).state_dict
+    ptrs = {sd[f'bbox_head.cls_branches.{i}.weight'].data_ptr()
+            for i in range(6)}
+    assert len(ptrs) == 1
+
+
+def test_different_tensors_under_alias_names_collide():
+    """Two different values under names that must be one tensor: error."""
+    ckpt = synthesize_checkpoint(load_manifest('deformable_detr_refine_r50'))
+    key = 'transformer.decoder.bbox_embed.0.layers.0.weight'
+    ckpt['model'][key] = ckpt['model'][key].clone() + 1
+    with pytest.raises(ConversionError):
+        convert_detr_checkpoint(ckpt)
+
+
+def test_dn_not_carried_is_explicit():
+    """DN-Deformable-DETR: each tensor without an MMDetection equivalent is
+    dropped with a 'NOT carried' reason and named in the notes."""
+    ckpt = synthesize_checkpoint(load_manifest('dn_deformable_detr_r50'))
+    conv = convert_detr_checkpoint(ckpt)
+    dropped = {r.old for r in conv.report.dropped}
+    assert dropped == {
+        'label_enc.weight', 'tgt_embed.weight', 'refpoint_embed.weight',
+        *(f'transformer.decoder.{m}.layers.{i}.{p}'
+          for m in ('ref_point_head', 'query_scale') for i in (0, 1)
+          for p in ('weight', 'bias'))}
+    assert all(r.reason.startswith('NOT carried') for r in
+               conv.report.dropped)
+    assert any('no exact MMDetection equivalent' in n for n in conv.notes)
+    assert conv.variant['with_box_refine'] and not conv.variant[
+        'as_two_stage']
+
+
+def test_class_remapping():
+    """COCO id rows -> 80 contiguous classes (+ no-object last for DETR)."""
+    assert len(COCO_CATEGORY_IDS) == 80 and max(COCO_CATEGORY_IDS) == 90
+    w = torch.arange(92.)[:, None].expand(92, 3)
+    out = remap_coco_classes(w, no_object=True)
+    assert out.shape == (81, 3)
+    assert out[:80, 0].tolist() == list(map(float, COCO_CATEGORY_IDS))
+    assert out[80, 0] == 91
+    assert remap_coco_classes(torch.arange(91.), False).tolist() == list(
+        map(float, COCO_CATEGORY_IDS))
+    assert keep_objectness_rows(torch.arange(91.))[0] == 0
+    with pytest.raises(ConversionError):
+        remap_coco_classes(torch.zeros(21, 3), no_object=True)
+
+
+def test_keep_classes_and_unknown_layout(tmp_path):
+    """--keep-classes keeps the rows; an unrelated file exits with code 5."""
+    ckpt = synthesize_checkpoint(load_manifest('conditional_detr_r50'))
+    conv = convert_detr_checkpoint(ckpt, keep_classes=True)
+    assert conv.state_dict['bbox_head.fc_cls.weight'].shape[0] == 91
+    bad = tmp_path / 'r18.pth'
+    import torchvision
+    torch.save(torchvision.models.resnet18().state_dict(), bad)
+    assert main([str(bad), str(tmp_path / 'x.pth')]) == 5
+    assert not (tmp_path / 'x.pth').exists()
+    assert main([str(bad), str(tmp_path / 'x.pth'), '--from', 'detr']) == 5
+
+
+def test_script_and_safetensors(tmp_path):
+    """tools/model_converters/detr_family2mmdet.py converts; shared head
+    tensors are written as copies to safetensors."""
+    ckpt = synthesize_checkpoint(load_manifest('deformable_detr_r50'))
+    src = tmp_path / 'ddetr.pth'
+    torch.save(ckpt, src)
+    dst = tmp_path / 'ddetr.safetensors'
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'tools', 'model_converters',
+                                      'detr_family2mmdet.py'),
+         str(src), str(dst)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert 'deformable-detr_r50_official_coco.py' in proc.stdout
+    assert 'bias=True' in proc.stdout
+    out = load_file(str(dst))
+    assert len(out['state_dict']) == 561
+
+
+def _official(name):
+    with open(os.path.join(OUTPUTS, f'{name}.json')) as f:
+        return json.load(f)
+
+
+def _mmdet_outputs(model, image):
+    """Last decoder layer's class logits and sigmoid boxes for one image."""
+    from mmdet.structures import DetDataSample
+    h, w = image.shape[-2:]
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w),
+                                         batch_input_shape=(h, w)))
+    with torch.no_grad():
+        cls, boxes = model._forward(image, [sample])[:2]
+    return cls[-1][0], boxes[-1][0]
+
+
+@pytest.mark.parametrize('name', ['detr_r50', 'conditional_detr_r50',
+                                  'deformable_detr_r50',
+                                  'deformable_detr_refine_twostage_r50'])
+def test_outputs_match_the_official_model(name, converted):
+    """Converted MMDetection model == official model (outputs recorded with
+    the official code on the same seeded weights and input): class logits
+    (in MMDetection's class order) and boxes."""
+    rec = _official(name)
+    _, out = converted(name)
+    model = _build(CASES[name][1])
+    model.load_state_dict(out['state_dict'], strict=True)
+    image = torch.randn(*rec['input']['shape'], generator=torch.Generator()
+                        .manual_seed(rec['input']['generator_seed']))
+    logits, boxes = _mmdet_outputs(model, image)
+    ref_logits = torch.tensor(rec['pred_logits'])
+    ref_boxes = torch.tensor(rec['pred_boxes'])
+    n = len(ref_logits)
+    columns = list(COCO_CATEGORY_IDS) + ([91] if name == 'detr_r50' else [])
+    torch.testing.assert_close(logits[:n], ref_logits[:, columns],
+                               rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(boxes[:n], ref_boxes, rtol=1e-3, atol=1e-4)
+    if name == 'detr_r50':
+        # DETRHead's softmax runs over the 81 kept columns, DETR's over all
+        # 92: MMDetection's scores are the official ones renormalised
+        # without the 12 never-used id columns (0, 12, 26, ...), as the
+        # report notes; they are equal when those columns carry no mass.
+        ref_p = ref_logits.softmax(-1)
+        kept = ref_p[:, columns]
+        torch.testing.assert_close(logits.softmax(-1),
+                                   kept / kept.sum(-1, keepdim=True),
+                                   rtol=1e-3, atol=1e-6)
+
+
+def test_formats_do_not_touch_the_resnet_table():
+    """DETR formats live in their own table."""
+    from mmconv.formats import FORMATS
+    assert not set(DETR_FORMATS) & set(FORMATS)
