@@ -76,7 +76,6 @@ branches. Not carried (listed as dropped with these reasons):
 MMDetection's ``query_embedding`` and ``reference_points_fc`` stay at their
 initialisation, so the result needs fine-tuning before it detects anything.
 """
-import argparse
 import os
 import re
 from dataclasses import dataclass, field
@@ -97,7 +96,7 @@ __all__ = [
     'CONDITIONAL_DETR_RULES', 'DN_DEFORMABLE_DETR_RULES', 'DETR_FORMATS',
     'SURGERY', 'DetrConversion', 'remap_coco_classes', 'keep_objectness_rows', 'detect_detr_format',
     'detr_variant', 'convert_detr_state_dict', 'convert_detr_checkpoint',
-    'convert_detr_file', 'build_detr_output', 'main'
+    'convert_detr_file', 'build_detr_output', 'WrittenDetr'
 ]
 
 #: The 80 COCO category ids that MMDetection's ``CocoDataset`` numbers
@@ -321,6 +320,7 @@ SURGERY: Tuple[Tuple[str, str, str, str], ...] = (
     ('dn_deformable_detr', r'^bbox_head\.cls_branches\.\d+\.(weight|bias)$', 'remap_coco_classes(no_object=False)', '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)'),
 )
 # fmt: on
+
 
 def keep_objectness_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Two-stage proposal classifier (91 rows) -> 80 rows by position.
@@ -646,62 +646,3 @@ def convert_detr_file(src: str, dst: str, fmt: str = 'auto', *,
                           dst, src=src, force=force, out_format=out_format,
                           publish=publish)
     return WrittenDetr(conv, path, sha)
-
-
-# --- command line ----------------------------------------------------------------
-
-EPILOG = ('Build the model from the printed config and load the output with\n'
-          "  load_from='DST'   (or init_cfg=dict(type='Pretrained', "
-          "checkpoint='DST'))\n"
-          'Deformable DETR family: use configs/detr_family/*_official_coco.py '
-          '(neck bias=True).')
-
-
-def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    """Arguments of ``detr_family2mmdet.py``."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description='Convert an official DETR / Deformable DETR / '
-        'Conditional DETR / DN-Deformable-DETR checkpoint into an MMDetection '
-        '3.x detector checkpoint.', epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('src', metavar='SRC', help='official checkpoint')
-    parser.add_argument('dst', metavar='DST',
-                        help='output checkpoint (.pth, or .safetensors)')
-    parser.add_argument('--from', dest='fmt', default='auto',
-                        choices=['auto'] + list(DETR_FORMATS),
-                        help='source format (default: auto-detect)')
-    parser.add_argument('--keep-classes', action='store_true',
-                        help='do not remap the 91/92 COCO-id classifier rows '
-                        'to 80 classes (non-COCO models)')
-    parser.add_argument('--unsafe-load', action='store_true',
-                        help='allow arbitrary pickled objects in SRC (trusted '
-                        'files only)')
-    parser.add_argument('--force', action='store_true',
-                        help='overwrite DST if it exists')
-    parser.add_argument('--out-format', choices=['pytorch', 'safetensors'])
-    parser.add_argument('--publish', action='store_true',
-                        help='append the sha256 prefix to the file name')
-    parser.add_argument('-v', '--verbose', action='store_true',
-                        help='print every old -> new key')
-    return parser
-
-
-def run(args: argparse.Namespace) -> None:
-    """Convert as ``args`` say and print the report."""
-    from .cli import _warn
-    written = convert_detr_file(
-        args.src, args.dst, args.fmt, keep_classes=args.keep_classes,
-        unsafe=args.unsafe_load, force=args.force,
-        out_format=args.out_format, publish=args.publish, warn=_warn)
-    if args.verbose:
-        print(written.conversion.report.details())
-    print(written.conversion.summary())
-    print(f'output:   {written.path}' +
-          (f' (sha256 {written.sha256})' if written.sha256 else ''))
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``tools/model_converters/detr_family2mmdet.py``."""
-    from .cli import _run
-    args = build_parser().parse_args(argv)
-    return _run(run, args)

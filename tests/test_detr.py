@@ -19,11 +19,11 @@ from mmconv import load_file
 from mmconv.detect import detect_format
 from mmconv.detr import (COCO_CATEGORY_IDS, DETR_FORMATS,
                          convert_detr_checkpoint, detect_detr_format,
-                         keep_objectness_rows, main, remap_coco_classes)
+                         keep_objectness_rows, remap_coco_classes)
+from mmconv.detr_cli import DETR_FORMAT_NAMES, main
 from mmconv.errors import ConversionError, UnknownFormatError
 from tests.fixtures.detr_checkpoints import (load_manifest, manifest_names,
-                                             synthesize_checkpoint,
-                                             synthesize_state_dict)
+                                             synthesize_checkpoint)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUTS = os.path.join(ROOT, 'tests', 'fixtures', 'detr_outputs')
@@ -326,3 +326,20 @@ def test_formats_do_not_touch_the_resnet_table():
     """DETR formats live in their own table."""
     from mmconv.formats import FORMATS
     assert not set(DETR_FORMATS) & set(FORMATS)
+    assert tuple(DETR_FORMATS) == DETR_FORMAT_NAMES
+
+
+def test_mmengine_load_checkpoint_strict(tmp_path):
+    """The converted file loads through MMEngine's load_checkpoint (what
+    load_from uses) with strict=True: frozen-BN counters are filled by
+    PyTorch, nothing is missing or unexpected."""
+    from mmengine.runner import load_checkpoint
+    name = 'deformable_detr_refine_r50'
+    src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
+    torch.save(synthesize_checkpoint(load_manifest(name)), src)
+    assert main([str(src), str(dst), '--from', 'deformable_detr']) == 0
+    model = _build(CASES[name][1])
+    load_checkpoint(model, str(dst), map_location='cpu', strict=True)
+    out = load_file(str(dst))
+    for key, value in out['state_dict'].items():
+        assert torch.equal(model.state_dict()[key], value), key

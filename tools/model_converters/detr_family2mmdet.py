@@ -20,7 +20,7 @@ import sys
 # A converter script builds no MMEngine objects: skip registering mmconv's
 # initializer/hook with MMEngine (saves importing MMEngine at start-up).
 os.environ['MMCONV_NO_MMENGINE_REGISTRY'] = '1'
-from mmconv.detr import main  # noqa: E402
+from mmconv.detr_cli import main  # noqa: E402
 
 del os.environ['MMCONV_NO_MMENGINE_REGISTRY']
 
