@@ -313,7 +313,7 @@ def test_outputs_match_the_official_model(name, converted):
     if name == 'detr_r50':
         # DETRHead's softmax runs over the 81 kept columns, DETR's over all
         # 92: MMDetection's scores are the official ones renormalised
-        # without the 12 never-used id columns (0, 12, 26, ...), as the
+        # without the 11 never-used id columns (0, 12, 26, ...), as the
         # report notes; they are equal when those columns carry no mass.
         ref_p = ref_logits.softmax(-1)
         kept = ref_p[:, columns]
