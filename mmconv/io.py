@@ -78,7 +78,22 @@ def _mmengine_globals() -> List[Any]:
 #: MoCo/DINO/DETR checkpoints), numpy arrays, dtypes and scalars (epoch
 #: counters, detectron2 arrays), MMEngine's ``HistoryBuffer`` (and only its
 #: own statistics functions through ``getattr``).
-SAFE_GLOBALS: List[Any] = [argparse.Namespace] + _numpy_globals()
+def exclude_bias_and_norm(param: Any) -> bool:
+    """Inert stand-in for VICReg's training-script function of this name.
+
+    VICReg's optimizer param groups hold a reference to the function
+    ``exclude_bias_and_norm`` of its training script, so its checkpoints
+    name ``__main__.exclude_bias_and_norm`` (or ``main_vicreg.…``). The
+    reference is only stored, never called, when converting; it resolves to
+    this function instead of importing anything.
+    """
+    return param.ndim == 1
+
+
+SAFE_GLOBALS: List[Any] = [argparse.Namespace] + _numpy_globals() + [
+    (exclude_bias_and_norm, f'{module}.exclude_bias_and_norm')
+    for module in ('__main__', 'main_vicreg')
+]
 
 #: Allowlisted globals whose modules are imported only when a file needs
 #: them (importing MMEngine costs start-up time the command lines avoid).

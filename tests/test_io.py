@@ -254,3 +254,30 @@ def test_history_buffer_loads_in_a_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, '-c', code, str(p)], check=True,
                          capture_output=True, text=True).stdout
     assert out.strip() == '2.0'
+
+
+def test_vicreg_function_reference_loads(tmp_path):
+    """VICReg checkpoints reference `__main__.exclude_bias_and_norm` in the
+    optimizer param groups; it resolves to an inert stand-in."""
+    import pickletools
+    p = tmp_path / 'model.pth'
+    torch.save({'model': _backbone(), 'optimizer': {'param_groups': [
+        {'weight_decay_filter': np.ndarray}]}}, p)
+    # rewrite the pickled global into the one VICReg files contain
+    import zipfile as zf
+    with zf.ZipFile(p) as z:
+        names = z.namelist()
+        data = {n: z.read(n) for n in names}
+    pkl = next(n for n in names if n.endswith('data.pkl'))
+    old = b'cnumpy\nndarray\n'  # protocol-2 GLOBAL opcode
+    new = b'c__main__\nexclude_bias_and_norm\n'
+    assert old in data[pkl]
+    data[pkl] = data[pkl].replace(old, new)
+    pickletools.dis(data[pkl], out=open(os.devnull, 'w'))
+    with zf.ZipFile(p, 'w') as z:
+        for n in names:
+            z.writestr(n, data[n])
+    got = load_file(str(p))
+    fn = got['optimizer']['param_groups'][0]['weight_decay_filter']
+    assert fn.__name__ == 'exclude_bias_and_norm'
+    assert set(got['model']) == set(_backbone())
