@@ -11,13 +11,21 @@ Builds its inputs in ``--work-dir`` (default ``/tmp/mmconv-bench``):
   optimizer state dropped).
 
 Then, interleaving the candidates over ``--repeats`` rounds (warm page cache;
-one warm-up round first; ``sync`` before each command), measures wall time
-and peak RSS of each command in a fresh process:
+one warm-up round first), measures wall time and peak RSS of each command in
+a fresh process. Before each command, untimed, the destination is deleted
+and ``sync`` writes back dirty pages, so every command writes a new file and
+none pays for another one's deferred writes or for freeing the previous
+output (on this ext4 mount with ``discard``, replacing an existing 1 GB file
+costs about 1.5 s, whichever tool does it). The commands:
 
 * ``floor``: ``python -c "import torch"`` (start-up floor);
 * ``mmconv``: ``tools/model_converters/selfsup2mmdet.py SRC DST --force``;
 * ``mmdet``: MMDetection's ``selfsup2mmdet.py`` approach (full
-  ``torch.load`` + dict filter + ``torch.save``);
+  ``torch.load(weights_only=False)``, as on the torch < 2.6 it was written
+  for, + dict filter printing each key + ``torch.save``): the baseline of
+  the targets;
+* ``mmdetlit``: the same with MMDetection's literal ``torch.load(src)``,
+  which torch >= 2.6 (here 2.14) runs weights-only (reference);
 * ``mmap5``: a 5-line ``torch.load(mmap=True)`` filter (reference);
 * ``help``: ``selfsup2mmdet.py --help``;
 * ``init_selfsup`` / ``init_pretrained``: an MMDetection ResNet-50 initialised
@@ -54,11 +62,17 @@ MEASURE = textwrap.dedent('''
 MMDET_APPROACH = textwrap.dedent('''
     import sys, torch
     from collections import OrderedDict
-    ckpt = torch.load(sys.argv[1])
-    new = OrderedDict((k[17:], v) for k, v in ckpt['state_dict'].items()
-                      if k.startswith('module.encoder_q.'))
+    ckpt = torch.load(sys.argv[1]{LOAD_ARGS})
+    new = OrderedDict()
+    for k, v in ckpt['state_dict'].items():
+        if k.startswith('module.encoder_q.'):
+            new[k.replace('module.encoder_q.', '')] = v
+            print(k, '->', k.replace('module.encoder_q.', ''))
     torch.save({'state_dict': new}, sys.argv[2])
 ''')
+
+MMDET_LITERAL = MMDET_APPROACH.replace('{LOAD_ARGS}', '')
+MMDET_APPROACH = MMDET_APPROACH.replace('{LOAD_ARGS}', ', weights_only=False')
 
 MMAP5 = textwrap.dedent('''
     import sys, torch
@@ -116,12 +130,15 @@ def make_big(path: str, gib: float = 4.1) -> None:
                 'optimizer': {'state': opt_state, 'param_groups': []}}, path)
 
 
-def measure(cmd):
+def measure(cmd, dst=None):
     """Run ``cmd`` in a fresh process: wall seconds and peak RSS (MiB).
 
-    Dirty pages of the previous command are written back first (``sync``),
-    so no command pays for another one's deferred writes.
+    Untimed, first: ``dst`` is deleted and dirty pages are written back
+    (``sync``), so no command pays for another one's deferred writes or for
+    freeing the file it would overwrite.
     """
+    if dst is not None and os.path.exists(dst):
+        os.remove(dst)
     os.sync()
     out = subprocess.run([PY, '-c', MEASURE] + cmd, capture_output=True,
                          text=True, check=True).stdout
@@ -155,16 +172,20 @@ def run(work: str, repeats: int, skip_big: bool):
                                    '--selfsup', 'moco']
         cands[f'mmdet_{size}'] = [PY, '-c', MMDET_APPROACH, src, out]
         cands[f'mmap5_{size}'] = [PY, '-c', MMAP5, src, out]
+        cands[f'mmdetlit_{size}'] = [PY, '-c', MMDET_LITERAL, src, out]
     samples = {name: [] for name in cands}
     for round_ in range(repeats + 1):  # round 0 warms the page cache
         for name, cmd in cands.items():
-            res = measure(cmd)
+            res = measure(cmd, out)
             if round_:
                 samples[name].append(res)
         print(f'round {round_}/{repeats} done', flush=True)
     return {name: {'wall': statistics.median(r['wall'] for r in rs),
                    'rss_mb': statistics.median(r['rss_mb'] for r in rs),
-                   'n': len(rs)} for name, rs in samples.items()}, inputs
+                   'n': len(rs),
+                   'walls': [round(r['wall'], 3) for r in rs],
+                   'rss_mbs': [round(r['rss_mb'], 1) for r in rs]}
+            for name, rs in samples.items()}, inputs
 
 
 def ratios(med, inputs):
@@ -185,6 +206,10 @@ def ratios(med, inputs):
                      work(ref) / work(theirs), None))
         rows.append((f'{size} memory, 5-line mmap filter / mmdet (reference)',
                      mem(ref) / mem(theirs), None))
+        lit = med[f'mmdetlit_{size}']
+        rows.append((f'{size} work, mmconv / mmdet literal torch.load(src) '
+                     'on torch 2.14 = weights-only (reference)',
+                     work(ours) / work(lit), None))
     rows.append(('selfsup2mmdet.py --help / import torch',
                  med['help']['wall'] / floor['wall'], 1.2))
     rows.append(('SelfSupPretrained raw / Pretrained converted',
@@ -197,7 +222,7 @@ def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='/tmp/mmconv-bench')
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--skip-big', action='store_true',
                         help='skip the 4 GB input')
     parser.add_argument('--keep', action='store_true',
@@ -208,6 +233,7 @@ def main(argv=None) -> int:
     med, inputs = run(args.work_dir, args.repeats, args.skip_big)
     rows = ratios(med, inputs)
     sizes = {k: os.path.getsize(v) / 2**20 for k, v in inputs.items()}
+    ram_gib = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
     lines = ['| measure | ratio | target | result |', '|---|---|---|---|']
     for name, value, limit in rows:
         verdict = '' if limit is None else (
@@ -215,15 +241,18 @@ def main(argv=None) -> int:
         lines.append(f'| {name} | {value:.2f} | '
                      f'{"-" if limit is None else f"<= {limit}"} | '
                      f'{verdict} |')
-    lines += ['', '| command | median wall s | median peak RSS MiB |',
-              '|---|---|---|']
-    lines += [f'| {k} | {v["wall"]:.2f} | {v["rss_mb"]:.0f} |'
+    lines += ['', '| command | median wall s | wall min-max s | '
+              'median peak RSS MiB |', '|---|---|---|---|']
+    lines += [f'| {k} | {v["wall"]:.2f} | {min(v["walls"]):.2f}-'
+              f'{max(v["walls"]):.2f} | {v["rss_mb"]:.0f} |'
               for k, v in med.items()]
     lines += ['', 'Inputs: ' + ', '.join(f'{k} = {v:.0f} MiB'
                                          for k, v in sizes.items()) +
               f'; {args.repeats} interleaved rounds after a warm-up round '
-              '(warm page cache, sync before each command); '
-              f'torch {torch.__version__}; {os.cpu_count()} CPUs; '
+              '(warm page cache: the inputs fit in RAM; before each command, '
+              'untimed, the destination is deleted and sync runs); '
+              f'torch {torch.__version__}; {os.cpu_count()} CPUs, '
+              f'{ram_gib:.0f} GiB RAM; '
               f'total {time.time() - start:.0f} s.']
     table = '\n'.join(lines)
     print(table)
@@ -233,6 +262,11 @@ def main(argv=None) -> int:
         f.write(table + '\n')
     with open(os.path.join(out_dir, 'latest.json'), 'w') as f:
         json.dump({'medians': med, 'input_mib': sizes,
+                   'settings': {'repeats': args.repeats, 'warm_cache': True,
+                                'dst_deleted_before_each': True,
+                                'torch': torch.__version__,
+                                'cpus': os.cpu_count(), 'ram_gib': ram_gib,
+                                'total_s': time.time() - start},
                    'ratios': [dict(name=n, value=v, limit=lim)
                               for n, v, lim in rows]}, f, indent=1)
     if not args.keep:

@@ -146,11 +146,12 @@ class SelfSupPretrainedInit(PretrainedInit):
         print_log(f'SelfSupPretrained: {self.checkpoint}: {report.format} '
                   f'({report.detection}); {len(report.kept)} tensors kept, '
                   f'{len(report.dropped)} dropped', logger='current')
-        target = {k: v for k, v in module.state_dict().items()
+        own = module.state_dict()  # once: rebuilding it per key is O(n^2)
+        target = {k: v for k, v in own.items()
                   if not k.endswith('num_batches_tracked')}
         loadable, mismatched = {}, []
         for key, tensor in result.state_dict.items():
-            if key not in module.state_dict():
+            if key not in own:
                 continue
             if key in target and target[key].shape != tensor.shape:
                 mismatched.append(f'{key} {tuple(tensor.shape)} vs '
