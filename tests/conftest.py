@@ -1,6 +1,7 @@
 # Copyright (c) mmconv contributors. All rights reserved.
 """Shared fixtures: real models with random weights, nothing downloaded."""
 import os
+import shutil
 import sys
 
 import pytest
@@ -23,3 +24,15 @@ def tv_resnet50():
             m.running_var.uniform_(0.5, 2)
             m.num_batches_tracked.fill_(7)
     return model.eval()
+
+
+@pytest.fixture(scope='module')
+def module_tmp_path(tmp_path_factory, request):
+    """A temporary directory for one test module, removed when it ends.
+
+    Module-scoped fixtures hold big checkpoints; pytest's retention policy
+    only removes function-scoped ``tmp_path`` directories early.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit('.', 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -14,9 +14,9 @@ SCRIPT = os.path.join(ROOT, 'tools', 'model_converters', 'selfsup2mmdet.py')
 
 
 @pytest.fixture(scope='module')
-def big_source(tmp_path_factory):
+def big_source(module_tmp_path):
     """A ~300 MB MMDetection-layout checkpoint (slow enough to write)."""
-    path = tmp_path_factory.mktemp('big') / 'big.pth'
+    path = module_tmp_path / 'big.pth'
     torch.manual_seed(0)
     sd = {'conv1.weight': torch.randn(64, 3, 7, 7)}
     sd.update({f'layer1.{i}.conv1.weight': torch.randn(1024, 1024, 3, 3)

@@ -46,8 +46,9 @@ def test_config_parses_and_builds(path):
 
 
 @pytest.fixture(scope='module')
-def tiny_coco(tmp_path_factory):
-    out = tmp_path_factory.mktemp('tiny_coco')
+def tiny_coco(module_tmp_path):
+    out = module_tmp_path / 'tiny_coco'
+    out.mkdir()
     subprocess.run([sys.executable, os.path.join(ROOT, 'tools',
                                                  'make_tiny_coco.py'),
                     str(out), '--images', '2', '--size', '128', '96'],

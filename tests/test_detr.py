@@ -76,9 +76,9 @@ def _build(config):
 
 
 @pytest.fixture(scope='module')
-def converted(tmp_path_factory):
+def converted(module_tmp_path):
     """manifest -> (source checkpoint, CLI output file), made on demand."""
-    tmp = tmp_path_factory.mktemp('detr')
+    tmp = module_tmp_path
     cache = {}
 
     def get(name):

@@ -13,6 +13,7 @@
 import os
 import subprocess
 import sys
+import shutil
 import tempfile
 
 import torch
@@ -24,8 +25,16 @@ from tests.fixtures.official_layouts import build_moco_v2, save_layout  # noqa
 
 
 def main() -> int:
-    """Run the demo; returns a process exit code."""
+    """Run the demo in a temporary directory, removed afterwards."""
     work = tempfile.mkdtemp(prefix='mmconv-demo-')
+    try:
+        return run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: str) -> int:
+    """Make, convert and load the MoCo v2 checkpoint inside ``work``."""
     layout = build_moco_v2()
     src = save_layout(layout, work)
     dst = os.path.join(work, 'mocov2_r50_mmdet.pth')
