@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from .errors import MMConvError
+from .errors import MMConvError, UnknownFormatError, UsageError
 from .formats import FORMATS
 
 __all__ = ['main', 'selfsup2mmdet_main', 'add_convert_arguments']
@@ -97,10 +97,60 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _convert_to(args: argparse.Namespace) -> None:
-    """``mmconv convert``: to MMDetection as ``_convert``, or with ``--to`` /
-    detectron2 sources through :mod:`mmconv.d2cli`."""
+    """``mmconv convert``: dispatch on the source format and ``--to``.
+
+    Backbone formats to MMDetection go through ``_convert``; ``--to`` and
+    detectron2 sources through :mod:`mmconv.d2cli`; DETR-family detectors
+    through :mod:`mmconv.detr_cli`. With ``--from auto``, a file no backbone
+    format recognises is tried as a DETR-family checkpoint before failing.
+    """
     from .d2cli import convert_command
-    convert_command(args, _convert)
+    from .detr_cli import DETR_FORMAT_NAMES, run as run_detr
+    if args.fmt in DETR_FORMAT_NAMES or (args.keep_classes
+                                         and args.fmt == 'auto'):
+        return run_detr(_detr_args(args))  # --keep-classes: DETR family
+    if args.keep_classes:
+        raise UsageError('--keep-classes applies to DETR-family checkpoints '
+                         f'only (--from {"|".join(DETR_FORMAT_NAMES)})')
+    try:
+        return convert_command(args, _convert)
+    except UnknownFormatError as backbone_error:
+        if args.fmt != 'auto':
+            raise
+        from .detr import detect_detr_format
+        from .io import load_file
+        keys = _detr_keys(load_file(args.src, unsafe=args.unsafe_load))
+        try:
+            detect_detr_format(keys)
+        except UnknownFormatError:
+            prefix = '' if str(backbone_error).startswith(
+                args.src) else f'{args.src}: '
+            raise UnknownFormatError(
+                f'{prefix}{backbone_error}; not a DETR-family checkpoint either '
+                f'({", ".join(DETR_FORMAT_NAMES)})') from None
+    run_detr(_detr_args(args))
+
+
+def _detr_keys(checkpoint: object) -> List[str]:
+    """Keys of the state dict inside an official DETR-family checkpoint."""
+    model = checkpoint.get('model', checkpoint) if isinstance(
+        checkpoint, dict) else None
+    return list(model) if isinstance(model, dict) else []
+
+
+def _detr_args(args: argparse.Namespace) -> argparse.Namespace:
+    """``mmconv convert`` arguments as :func:`mmconv.detr_cli.run` takes
+    them; options that do not apply to a whole detector are refused."""
+    if args.to != 'mmdet':
+        raise UsageError('DETR-family checkpoints convert to MMDetection '
+                         'only: drop --to ' + args.to)
+    for flag, value in (('--select', args.select), ('--prefix', args.prefix),
+                        ('--keep-fc', args.keep_fc),
+                        ('--style', args.style != 'auto')):
+        if value:
+            raise UsageError(f'{flag} does not apply to DETR-family '
+                             'checkpoints: drop it')
+    return args
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -133,8 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     from .d2cli import D2_NAMES, add_target_arguments
-    add_convert_arguments(p, '--from', extra_formats=D2_NAMES)
+    from .detr_cli import DETR_FORMAT_NAMES
+    add_convert_arguments(p, '--from',
+                          extra_formats=(*D2_NAMES, *DETR_FORMAT_NAMES))
     add_target_arguments(p)  # --to {mmdet,detectron2,torchvision}, --style
+    p.add_argument('--keep-classes', action='store_true',
+                   help='DETR family: do not remap the 91/92 COCO-id '
+                   'classifier rows to 80 classes (non-COCO models)')
     p.set_defaults(func=_convert_to)
     p = sub.add_parser('inspect', help='detect the format of a checkpoint '
                        'and show what would be kept')

@@ -8,7 +8,8 @@ without a traceback and exits with :attr:`MMConvError.exit_code`.
 ==========  ===============================================================
 exit code   meaning
 ==========  ===============================================================
-2           bad command-line usage (argparse)
+2           bad command-line usage (argparse, or options that do not
+            apply to the source, e.g. ``--to detectron2`` for a DETR)
 3           input problem: missing file, directory, truncated/corrupt file,
             not a checkpoint, no tensors inside
 4           unsafe input refused: the file would import/run code that is not
@@ -22,7 +23,7 @@ exit code   meaning
 
 __all__ = [
     'MMConvError', 'InputError', 'UnsafeCheckpointError', 'ConversionError',
-    'UnknownFormatError', 'KeyCollisionError', 'OutputError'
+    'UnknownFormatError', 'KeyCollisionError', 'OutputError', 'UsageError'
 ]
 
 
@@ -30,6 +31,12 @@ class MMConvError(Exception):
     """Base class of all expected mmconv errors."""
 
     exit_code = 1
+
+
+class UsageError(MMConvError):
+    """Options that do not go together (checked after argparse)."""
+
+    exit_code = 2
 
 
 class InputError(MMConvError):

@@ -273,6 +273,56 @@ def test_script_and_safetensors(tmp_path):
     assert len(out['state_dict']) == 561
 
 
+@pytest.mark.parametrize('fmt', ['auto', 'deformable_detr'])
+def test_mmconv_convert_command(tmp_path, converted, fmt):
+    """``mmconv convert`` takes DETR-family sources (auto-detected after the
+    backbone formats, or named with --from) and writes exactly what
+    detr_family2mmdet.py writes."""
+    from mmconv.cli import main as mmconv_main
+    name = 'deformable_detr_refine_twostage_r50'
+    ckpt, expected = converted(name)
+    src, dst = tmp_path / 'src.pth', tmp_path / 'out.pth'
+    torch.save(ckpt, src)
+    assert mmconv_main(['convert', str(src), str(dst), '--from', fmt]) == 0
+    out = load_file(str(dst))['state_dict']
+    assert out.keys() == expected['state_dict'].keys()
+    for key, value in expected['state_dict'].items():
+        assert torch.equal(out[key], value), key
+    keep = tmp_path / 'keep.pth'
+    assert mmconv_main(['convert', str(src), str(keep), '--from', fmt,
+                        '--keep-classes']) == 0
+    assert load_file(str(keep))['state_dict'][
+        'bbox_head.cls_branches.0.weight'].shape[0] == 91
+
+
+@pytest.mark.parametrize('extra', [['--to', 'detectron2'],
+                                   ['--prefix', 'backbone.'],
+                                   ['--style', 'caffe']])
+def test_mmconv_convert_refuses_backbone_options(tmp_path, extra, capsys):
+    """Options that only make sense for a backbone are usage errors (exit 2)
+    for a DETR, and nothing is written."""
+    from mmconv.cli import main as mmconv_main
+    src = tmp_path / 'detr.pth'
+    dst = tmp_path / ('out.pkl' if 'detectron2' in extra else 'out.pth')
+    torch.save(synthesize_checkpoint(load_manifest('detr_r50')), src)
+    assert mmconv_main(['convert', str(src), str(dst)] + extra) == 2
+    assert not dst.exists()
+    assert 'DETR' in capsys.readouterr().err
+
+
+def test_mmconv_convert_unknown_names_both_families(tmp_path, capsys):
+    """A file neither the backbone formats nor the DETR family recognise:
+    exit 5, one line naming the file and both lists."""
+    from mmconv.cli import main as mmconv_main
+    src = tmp_path / 'junk.pth'
+    torch.save({'head.weight': torch.zeros(2, 2)}, src)
+    assert mmconv_main(['convert', str(src), str(tmp_path / 'o.pth')]) == 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(src) in err and 'moco' in err and 'deformable_detr' in err
+    assert not (tmp_path / 'o.pth').exists()
+
+
 def _official(name):
     with open(os.path.join(OUTPUTS, f'{name}.json')) as f:
         return json.load(f)
