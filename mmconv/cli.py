@@ -9,7 +9,8 @@ import argparse
 import sys
 from typing import Callable, List, Optional, Sequence
 
-from .errors import MMConvError, UnknownFormatError, UsageError
+from .errors import (MMConvError, OutputError, UnknownFormatError,
+                     UsageError)
 from .formats import FORMATS
 
 __all__ = ['main', 'selfsup2mmdet_main', 'add_convert_arguments']
@@ -68,7 +69,12 @@ def _run(func: Callable[[argparse.Namespace], None],
     try:
         func(args)
     except MMConvError as err:
-        print(f'error: {err}', file=sys.stderr)
+        message = str(err)
+        src = getattr(args, 'src', None)
+        if src and not isinstance(err, (OutputError, UsageError)) and \
+                src not in message:
+            message = f'{src}: {message}'  # every input error names the file
+        print(f'error: {message}', file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print('error: interrupted; nothing was written', file=sys.stderr)

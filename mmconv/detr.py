@@ -498,7 +498,12 @@ def convert_detr_state_dict(state_dict: Mapping[str, torch.Tensor],
         raise UnknownFormatError(f'unknown DETR-family format {fmt!r}; '
                                  f'supported: {", ".join(DETR_FORMATS)}')
     spec = DETR_FORMATS[fmt]
-    result: ConversionResult = convert_state_dict(dict(state_dict), spec)
+    try:
+        result: ConversionResult = convert_state_dict(dict(state_dict), spec)
+    except ConversionError as err:
+        if how != 'given':
+            raise
+        raise type(err)(f'{err}; {_wrong_format_hint(state_dict)}') from None
     report = result.report
     report.detection = how
     outside = [r.old for r in report.dropped
@@ -507,7 +512,8 @@ def convert_detr_state_dict(state_dict: Mapping[str, torch.Tensor],
         raise ConversionError(
             f'{len(outside)} tensors are outside the {spec.title} layout '
             f'(first: {", ".join(map(repr, outside[:4]))}): the checkpoint '
-            f'is a variant with no MMDetection equivalent, or not {fmt}')
+            f'is a variant with no MMDetection equivalent, or not {fmt}' +
+            (f'; {_wrong_format_hint(state_dict)}' if how == 'given' else ''))
     out = result.state_dict
     report.backbone = check_resnet(k[len('backbone.'):] for k in out
                                    if k.startswith('backbone.'))
@@ -516,6 +522,17 @@ def convert_detr_state_dict(state_dict: Mapping[str, torch.Tensor],
         _apply_surgery(conv, fmt)
     _add_notes(conv, fmt)
     return conv
+
+
+def _wrong_format_hint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The fix for a file that is not in the format given with --from."""
+    try:
+        detection = detect_detr_format(state_dict)
+    except UnknownFormatError:
+        return ('it is not a DETR-family checkpoint: for a backbone use '
+                '`mmconv convert SRC DST` (auto-detects the backbone formats)')
+    return (f'it looks like {detection.name!r} ({detection.reason}): use '
+            f'--from {detection.name} or --from auto')
 
 
 def _apply_surgery(conv: DetrConversion, fmt: str) -> None:

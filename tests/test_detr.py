@@ -323,6 +323,25 @@ def test_mmconv_convert_unknown_names_both_families(tmp_path, capsys):
     assert not (tmp_path / 'o.pth').exists()
 
 
+def test_wrong_from_names_the_file_and_the_right_format(tmp_path, capsys):
+    """A DETR file given as another DETR format, and a ResNet given as a
+    DETR: exit 5, one line naming the file and the --from that fits."""
+    src = tmp_path / 'detr.pth'
+    torch.save(synthesize_checkpoint(load_manifest('detr_r50')), src)
+    assert main([str(src), str(tmp_path / 'o.pth'),
+                 '--from', 'conditional_detr']) == 5
+    err = capsys.readouterr().err
+    assert str(src) in err and '--from detr' in err
+    import torchvision
+    r18 = tmp_path / 'r18.pth'
+    torch.save(torchvision.models.resnet18().state_dict(), r18)
+    assert main([str(r18), str(tmp_path / 'o.pth'), '--from', 'detr']) == 5
+    err = capsys.readouterr().err
+    assert str(r18) in err and 'not a DETR-family checkpoint' in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / 'o.pth').exists()
+
+
 def _official(name):
     with open(os.path.join(OUTPUTS, f'{name}.json')) as f:
         return json.load(f)
