@@ -123,11 +123,12 @@ def _convert_to(args: argparse.Namespace) -> None:
     except UnknownFormatError as backbone_error:
         if args.fmt != 'auto':
             raise
+        from .containers import unwrap
         from .detr import detect_detr_format
         from .io import load_file
-        keys = _detr_keys(load_file(args.src, unsafe=args.unsafe_load))
+        checkpoint = load_file(args.src, unsafe=args.unsafe_load)
         try:
-            detect_detr_format(keys)
+            detect_detr_format(unwrap(checkpoint).state_dict)
         except UnknownFormatError:
             prefix = '' if str(backbone_error).startswith(
                 args.src) else f'{args.src}: '
@@ -135,13 +136,6 @@ def _convert_to(args: argparse.Namespace) -> None:
                 f'{prefix}{backbone_error}; not a DETR-family checkpoint either '
                 f'({", ".join(DETR_FORMAT_NAMES)})') from None
     run_detr(_detr_args(args))
-
-
-def _detr_keys(checkpoint: object) -> List[str]:
-    """Keys of the state dict inside an official DETR-family checkpoint."""
-    model = checkpoint.get('model', checkpoint) if isinstance(
-        checkpoint, dict) else None
-    return list(model) if isinstance(model, dict) else []
 
 
 def _detr_args(args: argparse.Namespace) -> argparse.Namespace:
