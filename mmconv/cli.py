@@ -133,8 +133,8 @@ def _convert_to(args: argparse.Namespace) -> None:
             prefix = '' if str(backbone_error).startswith(
                 args.src) else f'{args.src}: '
             raise UnknownFormatError(
-                f'{prefix}{backbone_error}; not a DETR-family checkpoint either '
-                f'({", ".join(DETR_FORMAT_NAMES)})') from None
+                f'{prefix}{backbone_error}; not a DETR-family checkpoint '
+                f'either ({", ".join(DETR_FORMAT_NAMES)})') from None
     run_detr(_detr_args(args))
 
 
