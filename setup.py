@@ -9,6 +9,18 @@ HERE = Path(__file__).parent
 VERSION = re.search(r"__version__ = '([^']+)'",
                     (HERE / 'mmconv' / 'version.py').read_text()).group(1)
 
+
+def requirements(name: str) -> list:
+    """Requirement lines of ``requirements/<name>.txt``."""
+    path = HERE / 'requirements' / f'{name}.txt'
+    return [line.strip() for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith('#')]
+
+
+# Ranges, not pins: installing mmconv into an existing MMDetection
+# environment (torch 2.0/2.1 with a prebuilt mmcv) must upgrade nothing.
+# torch < 2.6 is read through mmconv's own restricted reader (mmconv.io).
+
 setup(
     name='mmconv',
     version=VERSION,
@@ -20,10 +32,11 @@ setup(
     packages=find_packages(include=['mmconv', 'mmconv.*']),
     include_package_data=True,
     python_requires='>=3.8',
-    install_requires=['torch>=2.6', 'numpy', 'mmengine>=0.10'],
+    install_requires=['torch>=2.0', 'numpy', 'mmengine>=0.10'],
     extras_require={
-        'tests': ['pytest', 'hypothesis', 'safetensors', 'mmdet==3.3.0',
-                  'mmpretrain==1.2.0'],
+        'safetensors': ['safetensors'],
+        'tests': requirements('tests'),
+        'reference': requirements('reference'),
     },
     entry_points={'console_scripts': ['mmconv=mmconv.cli:main']},
     license='Apache-2.0',

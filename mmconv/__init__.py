@@ -10,31 +10,33 @@ in every MMEngine run) it also adds mmconv's narrow allowlist
 weights-only loader, so MMEngine 0.10.7 can load its own checkpoints
 (``load_from``, ``resume``, ``mim test``) under torch>=2.6.
 
-The public API below is imported on first use, so ``import mmconv`` itself
-costs only ``mmengine.registry`` (no torch) and the command lines start fast.
+The public API below is imported on first use, and the registration waits
+until MMEngine's registries are imported (:mod:`mmconv.registry`), so
+``import mmconv`` imports neither torch nor MMEngine and the command lines
+start fast. Where to add a format: :mod:`mmconv.formats`.
 """
 import importlib
-import os
 import sys
 from typing import Any
 
-if not os.environ.get('MMCONV_NO_MMENGINE_REGISTRY'):
-    # Set only by the stand-alone converter scripts, which build no MMEngine
-    # objects and so skip importing MMEngine (~0.4 s of start-up).
-    from . import registry  # noqa: F401  (registers with MMEngine)
-from .errors import (ConversionError, InputError, KeyCollisionError,
-                     MMConvError, OutputError, UnknownFormatError,
-                     UnsafeCheckpointError)
-from .formats import FORMATS, Format, format_names, get_format
+from .errors import (AmbiguousFormatError, ConversionError, InputError,
+                     KeyCollisionError, MMConvError, OutputError,
+                     UnknownFormatError, UnsafeCheckpointError, UsageError)
+from .formats import (FAMILIES, FORMATS, TARGETS, Family, SourceFormat,
+                      Target, format_names, get_format, register, unregister)
+from .registry import register_with_mmengine
 from .version import __version__
+
+register_with_mmengine()
 
 #: public name -> submodule that defines it (imported on first access)
 _LAZY = {
-    'build_output': 'api', 'convert_file': 'api', 'load_and_convert': 'api',
-    'ConversionResult': 'convert', 'convert_checkpoint': 'convert',
-    'convert_state_dict': 'convert', 'rename_key': 'convert',
+    'Request': 'pipeline', 'Conversion': 'pipeline', 'Written': 'pipeline',
+    'build_output': 'pipeline', 'convert_file': 'pipeline',
+    'load_and_convert': 'pipeline', 'convert_checkpoint': 'pipeline',
+    'convert_state_dict': 'pipeline', 'rename_key': 'convert',
     'Detection': 'detect', 'detect_format': 'detect',
-    'load_file': 'io', 'save_file': 'io',
+    'load_file': 'io', 'load_source': 'io', 'save_file': 'io',
     'allow_safe_globals_everywhere': 'io',
     'ConversionReport': 'report', 'KeyRecord': 'report',
     'Unwrapped': 'containers', 'unwrap': 'containers',
@@ -42,9 +44,11 @@ _LAZY = {
 }
 
 __all__ = [
-    '__version__', 'FORMATS', 'Format', 'format_names', 'get_format',
-    'MMConvError', 'InputError', 'UnsafeCheckpointError', 'ConversionError',
-    'UnknownFormatError', 'KeyCollisionError', 'OutputError'
+    '__version__', 'FAMILIES', 'FORMATS', 'TARGETS', 'Family',
+    'SourceFormat', 'Target', 'format_names', 'get_format', 'register',
+    'unregister', 'MMConvError', 'UsageError', 'InputError',
+    'UnsafeCheckpointError', 'ConversionError', 'UnknownFormatError',
+    'AmbiguousFormatError', 'KeyCollisionError', 'OutputError'
 ] + sorted(_LAZY)
 
 

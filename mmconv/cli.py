@@ -1,44 +1,160 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""The ``mmconv`` command and the ``tools/model_converters`` scripts.
+"""The ``mmconv`` command and its presets, the ``tools/model_converters``
+scripts.
 
-Only argparse and the format table are imported at start-up, so ``--help``
+``mmconv convert|inspect|formats`` and every preset share one argument set
+built from the registry (:mod:`mmconv.formats`) and one pipeline
+(:mod:`mmconv.pipeline`); a preset only sets the description, the default
+``--to`` and the choices it offers, and an alias of ``--from``
+(``--selfsup`` for MMDetection's ``selfsup2mmdet.py``). Options that do not
+apply to a checkpoint are refused by the pipeline, the same way for every
+face (exit 2, one line). Exit codes: :mod:`mmconv.errors`.
+
+Only argparse and the registry are imported at start-up, so ``--help``
 costs little more than starting Python; torch is imported when a command
 runs.
 """
 import argparse
+import json
 import sys
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
 
-from .errors import (MMConvError, OutputError, UnknownFormatError,
-                     UsageError)
-from .formats import FORMATS
+from .errors import MMConvError, OutputError, UsageError
+from .formats import FAMILIES, FORMATS, TARGETS
+from .version import __version__
 
-__all__ = ['main', 'selfsup2mmdet_main', 'add_convert_arguments']
+__all__ = ['main', 'PRESETS', 'Preset', 'preset_main', 'build_parser']
 
-EPILOG = ('Use the output in an MMDetection config with\n'
+EPILOG = ('Use an MMDetection output in a config with\n'
           "  model = dict(backbone=dict(init_cfg=dict(type='Pretrained', "
-          "checkpoint='DST')))\n"
+          "checkpoint='DST')))   # or load_from='DST' for a detector\n"
           'or skip this step: custom_imports=dict(imports=[\'mmconv\']) and\n'
-          "  init_cfg=dict(type='SelfSupPretrained', checkpoint='SRC').")
+          "  init_cfg=dict(type='SelfSupPretrained', checkpoint='SRC').\n"
+          'SRC may be a path, an http(s):// URL or an MMEngine scheme '
+          '(read weights-only).\nExit codes: 2 usage, 3 input, 4 unsafe '
+          'input, 5 conversion, 6 output, 7 check failed.')
 
 
-def _format_help() -> str:
-    """One line per format for ``--help``."""
-    return 'source format (default: auto-detect): ' + '; '.join(
-        f'{f.name}={f.title.split(" (")[0]}' for f in FORMATS.values())
+@dataclass(frozen=True)
+class Preset:
+    """A converter script: ``mmconv convert`` with other defaults.
+
+    Args:
+        description (str): ``--help`` text.
+        targets (tuple[str], optional): ``--to`` choices; None: every
+            target; empty: no ``--to`` (always ``default_target``).
+        default_target (str, optional): ``--to`` default; None: the
+            detected family's default.
+        format_flags (tuple[str]): Flags naming the source format.
+        families (tuple[str]): The families it reads (``--from`` choices
+            and auto-detection); empty: every family.
+    """
+
+    description: str
+    targets: Optional[Tuple[str, ...]] = None
+    default_target: Optional[str] = None
+    format_flags: Tuple[str, ...] = ('--from', )
+    families: Tuple[str, ...] = ()
 
 
-def add_convert_arguments(parser: argparse.ArgumentParser,
-                          format_flag: str = '--selfsup',
-                          extra_formats: Sequence[str] = ()) -> None:
-    """Add the arguments shared by every conversion command."""
-    parser.add_argument('src', metavar='SRC', help='source checkpoint')
-    parser.add_argument('dst', metavar='DST',
-                        help='output checkpoint (.pth, or .safetensors)')
-    parser.add_argument(format_flag, dest='fmt', default='auto',
-                        choices=['auto'] + list(FORMATS) +
-                        list(extra_formats), help=_format_help())
-    _add_load_arguments(parser)
+#: The scripts of ``tools/model_converters/``.
+PRESETS = {
+    'selfsup2mmdet': Preset(
+        'Convert a self-supervised pre-training checkpoint (or any format '
+        'mmconv reads) into MMDetection weights; MMDetection\'s '
+        'selfsup2mmdet.py arguments (SRC DST --selfsup moco) work.',
+        targets=(), default_target='mmdet',
+        format_flags=('--selfsup', '--from'), families=('resnet', )),
+    'torchvision2d2': Preset(
+        'Convert a torchvision / self-supervised / MMDetection ResNet into '
+        'detectron2 weights (.pkl) and print the config changes to use '
+        'them.', targets=(), default_target='detectron2',
+        families=('resnet', )),
+    'd2_to_mmdet': Preset(
+        'Convert a detectron2 (.pkl/.pth, model zoo, detrex, bare), Caffe2 '
+        'MSRA (R-50.pkl) or Detectron1 ResNet into an MMDetection backbone '
+        'and print the config to use it.',
+        targets=('mmdet', 'torchvision', 'detectron2'),
+        default_target='mmdet', families=('resnet', )),
+    'mmdet2torchvision': Preset(
+        'Convert an MMDetection ResNet backbone (or a whole detector, '
+        'backbone.*) back to torchvision (or detectron2 with --to '
+        'detectron2).', targets=('torchvision', 'detectron2'),
+        default_target='torchvision', families=('resnet', )),
+    'detr_family2mmdet': Preset(
+        'Convert an official DETR / Deformable DETR / Conditional DETR / '
+        'DN-Deformable-DETR checkpoint into an MMDetection 3.x detector '
+        'checkpoint.', targets=(), default_target='mmdet',
+        families=('detr', )),
+}
+
+
+def _formats_of(preset: Preset) -> List[str]:
+    """Names of the formats a preset reads."""
+    return [f.name for f in FORMATS.values()
+            if not preset.families or f.family in preset.families]
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser,
+                          preset: Preset) -> None:
+    """The source format and the options that select what to convert."""
+    names = _formats_of(preset)
+    parser.add_argument(
+        *preset.format_flags, dest='fmt', default='auto',
+        choices=['auto', *names], metavar='FORMAT',
+        help='source format (default: auto-detect): ' + '; '.join(
+            f'{n}={FORMATS[n].title.split(" (")[0]}' for n in names))
+    parser.set_defaults(families=preset.families)
+    parser.add_argument('--select', choices=['teacher', 'student'],
+                        help='network to take from teacher/student '
+                        "checkpoints such as DINO's (default: teacher)")
+    parser.add_argument('--prefix', help='convert only keys starting with '
+                        "PREFIX, stripped (e.g. 'backbone.')")
+    parser.add_argument('--style', choices=['auto', 'caffe', 'pytorch'],
+                        default='auto',
+                        help="ResNet: style of the source: 'caffe' = stride "
+                        "in the 1x1 conv (detectron2 STRIDE_IN_1X1: True, "
+                        "MSRA models), 'pytorch' = in the 3x3 (torchvision);"
+                        ' default: decided from the file and reported')
+    parser.add_argument('--keep-fc', action='store_true',
+                        help='ResNet: keep an ImageNet classifier (fc) in '
+                        'detectron2/torchvision output')
+    parser.add_argument('--keep-classes', action='store_true',
+                        help='DETR family: do not remap the 91/92 COCO-id '
+                        'classifier rows to 80 classes (non-COCO models)')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='allow arbitrary pickled objects in SRC: this '
+                        'runs code from the file, use only for files you '
+                        'trust')
+    parser.add_argument('-v', '--verbose', action='store_true',
+                        help='print every old -> new key')
+    parser.add_argument('--json', action='store_true',
+                        help='print a machine-readable report instead')
+
+
+def _add_target_argument(parser: argparse.ArgumentParser,
+                         preset: Preset) -> None:
+    """``--to`` as the preset offers it."""
+    if preset.targets == ():
+        parser.set_defaults(to=preset.default_target)
+        return
+    choices = list(preset.targets or TARGETS)
+    default = preset.default_target
+    parser.add_argument('--to', choices=choices, default=default,
+                        help='output layout (default: ' +
+                        (default or "the family's: mmdet") + ')')
+
+
+def _add_convert_arguments(parser: argparse.ArgumentParser,
+                           preset: Preset) -> None:
+    """Every argument of a conversion command."""
+    parser.add_argument('src', metavar='SRC',
+                        help='source checkpoint (path or URL)')
+    parser.add_argument('dst', metavar='DST', help='output checkpoint '
+                        '(.pth, .safetensors; .pkl for detectron2)')
+    _add_source_arguments(parser, preset)
+    _add_target_argument(parser, preset)
     parser.add_argument('--force', action='store_true',
                         help='overwrite DST if it exists')
     parser.add_argument('--out-format', choices=['pytorch', 'safetensors'],
@@ -46,21 +162,15 @@ def add_convert_arguments(parser: argparse.ArgumentParser,
     parser.add_argument('--publish', action='store_true',
                         help='append the sha256 prefix to the file name, as '
                         "MMDetection's publish_model.py does")
-    parser.add_argument('-v', '--verbose', action='store_true',
-                        help='print every old -> new key')
 
 
-def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments about reading the source."""
-    parser.add_argument('--select', choices=['teacher', 'student'],
-                        help='network to take from teacher/student '
-                        'checkpoints such as DINO\'s (default: teacher)')
-    parser.add_argument('--unsafe-load', action='store_true',
-                        help='allow arbitrary pickled objects in SRC: this '
-                        'runs code from the file, use only for files you '
-                        'trust')
-    parser.add_argument('--prefix', help='convert only keys starting with '
-                        "PREFIX, stripped (e.g. 'backbone.')")
+def _request(args: argparse.Namespace):
+    """The :class:`~mmconv.pipeline.Request` the arguments describe."""
+    from .pipeline import Request
+    return Request(format=args.fmt, target=args.to, select=args.select,
+                   prefix=args.prefix, style=args.style,
+                   keep_fc=args.keep_fc, keep_classes=args.keep_classes,
+                   families=tuple(args.families))
 
 
 def _run(func: Callable[[argparse.Namespace], None],
@@ -87,120 +197,129 @@ def _warn(message: str) -> None:
     print(f'warning: {message}', file=sys.stderr)
 
 
+def _print_conversion(conv, verbose: bool) -> None:
+    """The report (every key with ``verbose``) and the summary."""
+    if verbose:
+        print(conv.report.details())
+    print(conv.summary())
+
+
+def _json_report(conv, src: str, **extra) -> str:
+    """The conversion as JSON: format, target, every key's fate, meta."""
+    rep = conv.report
+    return json.dumps(dict(
+        source=src, format=rep.format, family=conv.family.name,
+        detection=rep.detection, target=conv.target.name, where=rep.where,
+        ignored_entries=rep.ignored_entries,
+        kept=[[r.old, r.new] for r in rep.kept],
+        aliases=[[r.old, r.new] for r in rep.aliases],
+        dropped=[[r.old, r.reason] for r in rep.dropped],
+        changed=[[k, list(b), list(a), w] for k, b, a, w in conv.changed],
+        notes=conv.notes, meta=conv.to_meta(), **extra), indent=1)
+
+
 def _convert(args: argparse.Namespace) -> None:
-    """``convert``: load, convert, write, print the report."""
-    from .api import convert_file
-    written = convert_file(args.src, args.dst, args.fmt, select=args.select,
+    """``convert``: load once, convert, write, print the report."""
+    from .pipeline import convert_file
+    written = convert_file(args.src, args.dst, _request(args),
                            unsafe=args.unsafe_load, force=args.force,
                            out_format=args.out_format, publish=args.publish,
-                           prefix=args.prefix, warn=_warn)
-    report = written.result.report
-    if args.verbose:
-        print(report.details())
-    print(report.summary())
+                           warn=_warn)
+    conv = written.conversion
+    if args.json:
+        print(_json_report(conv, args.src, output=written.path,
+                           sha256=written.sha256))
+        return
+    _print_conversion(conv, args.verbose)
     print(f'output:   {written.path}' +
           (f' (sha256 {written.sha256})' if written.sha256 else ''))
-
-
-def _convert_to(args: argparse.Namespace) -> None:
-    """``mmconv convert``: dispatch on the source format and ``--to``.
-
-    Backbone formats to MMDetection go through ``_convert``; ``--to`` and
-    detectron2 sources through :mod:`mmconv.d2cli`; DETR-family detectors
-    through :mod:`mmconv.detr_cli`. With ``--from auto``, a file no backbone
-    format recognises is tried as a DETR-family checkpoint before failing.
-    """
-    from .d2cli import convert_command
-    from .detr_cli import DETR_FORMAT_NAMES, run as run_detr
-    if args.fmt in DETR_FORMAT_NAMES or (args.keep_classes
-                                         and args.fmt == 'auto'):
-        return run_detr(_detr_args(args))  # --keep-classes: DETR family
-    if args.keep_classes:
-        raise UsageError('--keep-classes applies to DETR-family checkpoints '
-                         f'only (--from {"|".join(DETR_FORMAT_NAMES)})')
-    try:
-        return convert_command(args, _convert)
-    except UnknownFormatError as backbone_error:
-        if args.fmt != 'auto':
-            raise
-        from .containers import unwrap
-        from .detr import detect_detr_format
-        from .io import load_file
-        checkpoint = load_file(args.src, unsafe=args.unsafe_load)
-        try:
-            detect_detr_format(unwrap(checkpoint).state_dict)
-        except UnknownFormatError:
-            prefix = '' if str(backbone_error).startswith(
-                args.src) else f'{args.src}: '
-            raise UnknownFormatError(
-                f'{prefix}{backbone_error}; not a DETR-family checkpoint '
-                f'either ({", ".join(DETR_FORMAT_NAMES)})') from None
-    run_detr(_detr_args(args))
-
-
-def _detr_args(args: argparse.Namespace) -> argparse.Namespace:
-    """``mmconv convert`` arguments as :func:`mmconv.detr_cli.run` takes
-    them; options that do not apply to a whole detector are refused."""
-    if args.to != 'mmdet':
-        raise UsageError('DETR-family checkpoints convert to MMDetection '
-                         'only: drop --to ' + args.to)
-    for flag, value in (('--select', args.select), ('--prefix', args.prefix),
-                        ('--keep-fc', args.keep_fc),
-                        ('--style', args.style != 'auto')):
-        if value:
-            raise UsageError(f'{flag} does not apply to DETR-family '
-                             'checkpoints: drop it')
-    return args
+    hints = conv.config_hints(written.path)
+    if hints:
+        print()
+        print(hints)
 
 
 def _inspect(args: argparse.Namespace) -> None:
     """``inspect``: detect the format and show what would be kept."""
-    from .api import load_and_convert
-    result = load_and_convert(args.src, args.fmt, select=args.select,
-                              unsafe=args.unsafe_load, prefix=args.prefix,
-                              warn=_warn)
-    if args.verbose:
-        print(result.report.details())
+    from .pipeline import load_and_convert
+    conv = load_and_convert(args.src, _request(args),
+                            unsafe=args.unsafe_load, warn=_warn)
+    if args.json:
+        print(_json_report(conv, args.src))
+        return
     print(f'file:     {args.src}')
-    print(result.report.summary())
+    _print_conversion(conv, args.verbose)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """``check``: initialise a config's model, report where weights are
+    from; fail (exit 7) on a pretrained module left random."""
+    from .check import check_config, parse_cfg_options
+    from .errors import CheckFailedError
+    from .provenance import format_table
+    result = check_config(args.config, args.checkpoint,
+                          parse_cfg_options(args.cfg_options or []))
+    if args.json:
+        print(json.dumps(dict(config=args.config, rows=result.rows,
+                              problems=result.problems,
+                              loaded_file=result.loaded_file), indent=1))
+    else:
+        print(format_table(result))
+    if result.problems:
+        raise CheckFailedError(
+            f'{args.config}: still at their random initialisation although '
+            'configured to load a checkpoint: '
+            f'{"; ".join(result.problems)}; check the checkpoint path and '
+            "format (init_cfg=dict(type='SelfSupPretrained', ...) reads raw "
+            'files)')
 
 
 def _formats(args: argparse.Namespace) -> None:
-    """``formats``: list the supported formats."""
-    for f in FORMATS.values():
-        print(f'{f.name:12s} {f.title}')
-        if args.verbose:
-            print(f'{"":12s}   {f.source}')
+    """``formats``: list every registered format, by family."""
+    for family in FAMILIES.values():
+        print(f'{family.title} (to: {", ".join(family.targets)}; options: '
+              f'{", ".join(family.options) or "-"})')
+        for f in FORMATS.values():
+            if f.family != family.name:
+                continue
+            print(f'  {f.name:20s} {f.title}')
+            if args.verbose and f.source:
+                print(f'  {"":20s}   {f.source}')
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmconv`` argument parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog='mmconv', description='Convert checkpoints for MMDetection.',
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=fmt)
+    parser.add_argument('--version', action='version',
+                        version=f'mmconv {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('convert', help='convert a checkpoint',
-                       epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    from .d2cli import D2_NAMES, add_target_arguments
-    from .detr_cli import DETR_FORMAT_NAMES
-    add_convert_arguments(p, '--from',
-                          extra_formats=(*D2_NAMES, *DETR_FORMAT_NAMES))
-    add_target_arguments(p)  # --to {mmdet,detectron2,torchvision}, --style
-    p.add_argument('--keep-classes', action='store_true',
-                   help='DETR family: do not remap the 91/92 COCO-id '
-                   'classifier rows to 80 classes (non-COCO models)')
-    p.set_defaults(func=_convert_to)
+    p = sub.add_parser('convert', help='convert a checkpoint', epilog=EPILOG,
+                       formatter_class=fmt)
+    _add_convert_arguments(p, Preset('convert'))
+    p.set_defaults(func=_convert)
     p = sub.add_parser('inspect', help='detect the format of a checkpoint '
                        'and show what would be kept')
-    p.add_argument('src', metavar='FILE')
-    p.add_argument('--from', dest='fmt', default='auto',
-                   choices=['auto'] + list(FORMATS))
-    _add_load_arguments(p)
-    p.add_argument('-v', '--verbose', action='store_true')
+    p.add_argument('src', metavar='SRC', help='checkpoint (path or URL)')
+    _add_source_arguments(p, Preset('inspect'))
+    _add_target_argument(p, Preset('inspect'))
     p.set_defaults(func=_inspect)
+    p = sub.add_parser('check', help='initialise the model of an '
+                       'MMDetection config (no data) and report, per module, '
+                       'where its weights came from')
+    p.add_argument('config', metavar='CONFIG', help='config file')
+    p.add_argument('--checkpoint', help='apply this file after '
+                   'initialisation, as load_from (default: the config\'s)')
+    p.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE',
+                   help='override config settings, as in mim train')
+    p.add_argument('--json', action='store_true',
+                   help='print a machine-readable report')
+    p.set_defaults(func=_check)
     p = sub.add_parser('formats', help='list the supported formats')
-    p.add_argument('-v', '--verbose', action='store_true')
+    p.add_argument('-v', '--verbose', action='store_true',
+                   help='also say where each layout comes from')
     p.set_defaults(func=_formats)
     return parser
 
@@ -211,16 +330,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     return _run(args.func, args)
 
 
-def selfsup2mmdet_main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``tools/model_converters/selfsup2mmdet.py``.
+def preset_main(name: str, argv: Optional[List[str]] = None) -> int:
+    """Entry point of the converter script ``tools/model_converters/NAME.py``.
 
-    Accepts MMDetection's ``selfsup2mmdet.py SRC DST --selfsup {moco,swav}``
-    and every other mmconv format; ``--selfsup`` defaults to ``auto``.
+    Args:
+        name (str): A key of :data:`PRESETS`.
+        argv (list[str], optional): Arguments (default: ``sys.argv``).
     """
+    preset = PRESETS[name]
     parser = argparse.ArgumentParser(
-        description='Convert a self-supervised pre-training checkpoint into '
-        'MMDetection ResNet backbone weights.', epilog=EPILOG,
+        prog=f'{name}.py', description=preset.description, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_convert_arguments(parser, '--selfsup')
-    args = parser.parse_args(argv)
-    return _run(_convert, args)
+    parser.add_argument('--version', action='version',
+                        version=f'mmconv {__version__}')
+    _add_convert_arguments(parser, preset)
+    return _run(_convert, parser.parse_args(argv))

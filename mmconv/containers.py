@@ -19,7 +19,14 @@ VISSL          ``checkpoint['classy_state_dict']['base_model']['model']
 mmpretrain     ``checkpoint['state_dict']`` (MMEngine checkpoint)
 MMDetection    ``checkpoint['state_dict']``
 torchvision    the file itself
+detectron2     ``checkpoint['model']`` (or the file itself)
+Detectron1     ``checkpoint['blobs']`` (``cfg`` and non-array blobs ignored)
+DETR family    ``checkpoint['model']``
 =============  ==============================================================
+
+Besides :data:`CONTAINER_KEYS`, every entry a registered format declares in
+``containers`` is searched (:mod:`mmconv.formats`), so a new format's
+container needs no change here.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -28,7 +35,8 @@ import torch
 
 from .errors import ConversionError, InputError
 
-__all__ = ['unwrap', 'Unwrapped', 'CONTAINER_KEYS', 'is_state_dict']
+__all__ = ['unwrap', 'Unwrapped', 'CONTAINER_KEYS', 'is_state_dict',
+           'take_prefix', 'container_keys']
 
 #: Entries searched, in this order, for a nested state dict.
 CONTAINER_KEYS: Tuple[str, ...] = ('state_dict', 'model', 'classy_state_dict',
@@ -57,6 +65,33 @@ class Unwrapped:
     def where(self) -> str:
         """``checkpoint['a']['b']`` style description of :attr:`path`."""
         return 'checkpoint' + ''.join(f'[{p!r}]' for p in self.path)
+
+
+def container_keys() -> Tuple[str, ...]:
+    """:data:`CONTAINER_KEYS` then the other registered formats' containers
+    (``teacher``/``student`` are chosen by ``select``, not searched)."""
+    from .formats import FORMATS
+    keys = list(CONTAINER_KEYS)
+    for fmt in FORMATS.values():
+        keys += [k for k in fmt.containers
+                 if k not in keys and k not in SELECTABLE]
+    return tuple(keys)
+
+
+def _tensors_only(obj: Mapping, path: List[str],
+                  ignored: List[str]) -> Optional[Dict[str, Any]]:
+    """Inside a container (``path`` non-empty): the tensors of a mapping
+    that also holds scalars/strings (Detectron1 ``blobs``); the others are
+    listed in ``ignored``. None if that does not apply."""
+    if not path or not obj or not all(isinstance(k, str) for k in obj):
+        return None
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    others = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not tensors or any(isinstance(obj[k], Mapping) for k in others):
+        return None
+    prefix = '.'.join(path + [''])
+    ignored += [f'{prefix}{k}' for k in others]
+    return tensors
 
 
 def is_state_dict(obj: Any) -> bool:
@@ -94,6 +129,7 @@ def unwrap(checkpoint: Any, select: Optional[str] = None) -> Unwrapped:
         raise ConversionError(
             f'select={select!r} is not one of {", ".join(SELECTABLE)}')
     obj, path, ignored = checkpoint, [], []
+    searched = container_keys()
     while not is_state_dict(obj):
         if not isinstance(obj, Mapping) or not obj:
             break
@@ -109,9 +145,12 @@ def unwrap(checkpoint: Any, select: Optional[str] = None) -> Unwrapped:
                 raise ConversionError(
                     f'select={select!r} was given but the checkpoint has no '
                     'teacher/student entries')
-            key = next((k for k in CONTAINER_KEYS
+            key = next((k for k in searched
                         if isinstance(obj.get(k), Mapping)), None)
             if key is None:
+                tensors = _tensors_only(obj, path, ignored)
+                if tensors is not None:
+                    obj = tensors
                 break
         prefix = '.'.join(path + [''])
         ignored += [f'{prefix}{k}' for k in obj if k != key]
@@ -138,3 +177,21 @@ def _describe_missing_state_dict(checkpoint: Any, obj: Any,
                 f'{", ".join(CONTAINER_KEYS)}: not a recognised checkpoint')
     return (f'{where} is a {type(obj).__name__}, not a dict of tensors: '
             'not a model checkpoint')
+
+
+def take_prefix(unwrapped: Unwrapped, prefix: str) -> Unwrapped:
+    """Keep the keys under ``prefix``, stripped; the rest are ignored.
+
+    Raises:
+        ConversionError: If no key starts with ``prefix``.
+    """
+    sd = unwrapped.state_dict
+    taken = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not taken:
+        raise ConversionError(
+            f'no key starts with prefix {prefix!r} (first keys: '
+            + ', '.join(repr(k) for k in list(sd)[:3]) + '); fix prefix=')
+    others = len(sd) - len(taken)
+    ignored = unwrapped.ignored + (
+        [f'{others} keys outside prefix {prefix!r}'] if others else [])
+    return Unwrapped(taken, unwrapped.path + [f'{prefix}*'], ignored)

@@ -1,14 +1,21 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Name a checkpoint's source format from sentinel keys."""
+"""Name a state dict's source format: one ranking over the whole registry.
+
+A format *matches* when every one of its sentinel regexes matches at least
+one key; among the matching formats the one with the most sentinels wins
+(a more specific declaration beats a more general one: ``torchvision``'s
+``fc.weight`` + ``conv1.weight`` beats ``mmdet``'s ``conv1.weight``). Two
+formats matching with the same rank are an error that lists both, never a
+silent choice by declaration order.
+"""
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Iterable, List, Sequence, Tuple, Union
 
-from .errors import UnknownFormatError
-from .formats import FORMATS, format_names
-from .containers import SELECTABLE, Unwrapped, unwrap
+from .errors import AmbiguousFormatError, UnknownFormatError
+from .formats import FORMATS
 
-__all__ = ['detect_format', 'detect_state_dict_format', 'Detection']
+__all__ = ['Detection', 'detect_format', 'candidates']
 
 
 @dataclass(frozen=True)
@@ -17,38 +24,41 @@ class Detection:
 
     Attributes:
         name (str): Format name (a key of :data:`mmconv.formats.FORMATS`).
-        reason (str): Short explanation: which sentinel keys matched.
+        reason (str): Which sentinel keys matched.
+        rank (int): Number of sentinels matched.
     """
 
     name: str
     reason: str
+    rank: int = 0
 
 
-def detect_state_dict_format(keys: Iterable[str],
-                             top_level: Iterable[str] = ()) -> Detection:
-    """Detect the format from state-dict keys.
+def _in(family: str, families: Union[None, str, Sequence[str]]) -> bool:
+    """Whether ``family`` is one of ``families`` (None/empty: any)."""
+    if not families:
+        return True
+    return family == families if isinstance(families, str) \
+        else family in families
 
-    Formats are tried in :data:`~mmconv.formats.FORMATS` order; a format
-    matches when each of its sentinel regexes matches at least one key.
+
+def candidates(keys: Sequence[str],
+               family: Union[None, str, Sequence[str]] = None
+               ) -> List[Detection]:
+    """Every registered format whose sentinels all match, best first.
 
     Args:
         keys: Keys of the unwrapped state dict.
-        top_level: Entries of the checkpoint itself (``teacher``/``student``
-            identify DINO-style checkpoints).
+        family (str | sequence, optional): Consider only this family's (or
+            these families') formats.
 
     Returns:
-        Detection: The first matching format and why.
-
-    Raises:
-        UnknownFormatError: If no format matches; lists the supported formats
-            and the first keys seen.
+        list[Detection]: Matching formats, highest rank first (stable in
+        registration order).
     """
-    keys = list(keys)
-    top_level = list(top_level)
-    if any(k in top_level for k in SELECTABLE):
-        return Detection('dino', 'teacher/student entries at the top level '
-                         '(DINO full checkpoint)')
+    found: List[Tuple[int, Detection]] = []
     for fmt in FORMATS.values():
+        if not fmt.sentinels or not _in(fmt.family, family):
+            continue
         hits = []
         for sentinel in fmt.sentinels:
             pattern = re.compile(sentinel)
@@ -57,36 +67,50 @@ def detect_state_dict_format(keys: Iterable[str],
                 break
             hits.append(hit)
         else:
-            if hits:
-                return Detection(
-                    fmt.name, f'{fmt.title}: found ' +
-                    ', '.join(repr(h) for h in hits))
-    raise UnknownFormatError(
-        'unknown checkpoint layout (first keys: ' +
-        ', '.join(repr(k) for k in keys[:5]) +
-        f'); supported formats: {", ".join(format_names())} — pass one '
-        'explicitly if yours is a variant of them')
+            found.append((len(hits), Detection(
+                fmt.name, f'{fmt.title}: found ' +
+                ', '.join(repr(h) for h in hits), len(hits))))
+    found.sort(key=lambda item: -item[0])
+    return [d for _, d in found]
 
 
-def detect_format(checkpoint: Any, select: Optional[str] = None,
-                  unwrapped: Optional[Unwrapped] = None) -> Detection:
-    """Detect the source format of a loaded checkpoint.
+def detect_format(keys: Iterable[str],
+                  family: Union[None, str, Sequence[str]] = None
+                  ) -> Detection:
+    """Detect the format of a state dict from its keys.
 
     Args:
-        checkpoint: What ``torch.load`` returned.
-        select (str, optional): ``'teacher'``/``'student'`` (DINO).
-        unwrapped (Unwrapped, optional): ``unwrap(checkpoint)`` if the caller
-            already has it.
+        keys: Keys of the unwrapped state dict.
+        family (str | sequence, optional): Consider only this family's (or
+            these families') formats.
 
     Returns:
-        Detection: Format name and explanation.
+        Detection: The best-ranked matching format and why.
+
+    Raises:
+        UnknownFormatError: No format matches; lists the supported formats
+            and the first keys seen.
+        AmbiguousFormatError: Two formats match with the same rank.
 
     Example:
         >>> import torch
-        >>> detect_format({'state_dict': {
-        ...     'module.encoder_q.conv1.weight': torch.zeros(1)}}).name
+        >>> detect_format(['module.encoder_q.conv1.weight']).name
         'moco'
     """
-    unwrapped = unwrapped or unwrap(checkpoint, select)
-    top = list(checkpoint) if isinstance(checkpoint, Mapping) else []
-    return detect_state_dict_format(unwrapped.state_dict, top)
+    keys = list(keys)
+    found = candidates(keys, family)
+    if not found:
+        raise UnknownFormatError(
+            'unknown checkpoint layout (first keys: ' +
+            ', '.join(repr(k) for k in keys[:5]) +
+            '); supported formats: ' +
+            ', '.join(f.name for f in FORMATS.values()
+                      if _in(f.family, family)) +
+            ' — pass one explicitly if yours is a variant of them')
+    best = [d for d in found if d.rank == found[0].rank]
+    if len(best) > 1:
+        raise AmbiguousFormatError(
+            'the checkpoint matches several formats equally: ' +
+            '; '.join(f'{d.name} ({d.reason})' for d in best) +
+            ' — pass the right one with --from / method=')
+    return found[0]

@@ -9,21 +9,27 @@ without a traceback and exits with :attr:`MMConvError.exit_code`.
 exit code   meaning
 ==========  ===============================================================
 2           bad command-line usage (argparse, or options that do not
-            apply to the source, e.g. ``--to detectron2`` for a DETR)
+            apply to the source or target, e.g. ``--to detectron2`` for a
+            DETR, ``--keep-fc`` for MMDetection output, a detectron2
+            output not named ``*.pkl``)
 3           input problem: missing file, directory, truncated/corrupt file,
             not a checkpoint, no tensors inside
 4           unsafe input refused: the file would import/run code that is not
             on the allowlist (opt in with ``--unsafe-load``)
-5           conversion problem: unknown layout, wrong ``--selfsup`` method,
-            empty result, key collision
+5           conversion problem: unknown or ambiguous layout, wrong
+            ``--from``/``--selfsup``/``method=``, empty result, key
+            collision, tensors outside a whole-detector layout
 6           output problem: destination exists (use ``--force``), is the
             source, is unwritable, or the disk is full
+7           ``mmconv check``: a module configured to load pretrained
+            weights still holds its random initialisation
 ==========  ===============================================================
 """
 
 __all__ = [
     'MMConvError', 'InputError', 'UnsafeCheckpointError', 'ConversionError',
-    'UnknownFormatError', 'KeyCollisionError', 'OutputError', 'UsageError'
+    'UnknownFormatError', 'AmbiguousFormatError', 'KeyCollisionError',
+    'OutputError', 'UsageError', 'CheckFailedError'
 ]
 
 
@@ -61,6 +67,10 @@ class UnknownFormatError(ConversionError):
     """No supported format matches the checkpoint's keys."""
 
 
+class AmbiguousFormatError(UnknownFormatError):
+    """Several formats match the checkpoint's keys equally well."""
+
+
 class KeyCollisionError(ConversionError):
     """Two different source tensors would be written under one name."""
 
@@ -69,3 +79,9 @@ class OutputError(MMConvError):
     """The destination cannot (or must not) be written."""
 
     exit_code = 6
+
+
+class CheckFailedError(MMConvError):
+    """``mmconv check`` found a pretrained module left at random init."""
+
+    exit_code = 7

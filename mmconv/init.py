@@ -8,66 +8,26 @@
         type='SelfSupPretrained',
         checkpoint='moco_v2_800ep_pretrain.pth.tar')))
 
-The file is converted in memory with exactly the command line's rules
-(:func:`mmconv.convert_checkpoint`), then loaded; a load that leaves backbone
-tensors unset is an error, not a warning.
+The file is read by the safe loader (paths, URLs, MMEngine schemes), then
+either converted in memory by the command line's pipeline (any registered
+format, :mod:`mmconv.formats`) or, when it already is in the module's own
+layout, loaded as it is, exactly as MMEngine's ``Pretrained`` would; a load
+that leaves the module's tensors unset is an error, not a warning.
 """
-import hashlib
-import os
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
 from mmengine.model.weight_init import PretrainedInit, update_init_info
 from torch import nn
 
-from .convert import ConversionResult, convert_checkpoint
-from .errors import ConversionError
-from .io import load_file, safe_globals_context
+from .containers import take_prefix, unwrap
+from .errors import ConversionError, MMConvError
+from .io import load_source
+from .pipeline import Conversion, Request, convert_state_dict
+from .provenance import RECORD_ATTR, fingerprint
 
-__all__ = ['SelfSupPretrainedInit', 'load_checkpoint_any', 'fingerprint']
-
-#: Attribute set on an initialised module: provenance for the load hook.
-RECORD_ATTR = '_mmconv_pretrained'
-
-
-def fingerprint(tensor: torch.Tensor) -> str:
-    """Digest of a tensor's dtype, shape and exact bytes (blake2b)."""
-    t = tensor.detach().cpu().contiguous().reshape(-1)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f'{t.dtype}{tuple(t.shape)}'.encode())
-    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
-    return digest.hexdigest()
-
-
-def load_checkpoint_any(filename: str, map_location: str = 'cpu',
-                        unsafe: bool = False):
-    """Load a checkpoint through MMEngine's schemes, safely.
-
-    Local paths go through :func:`mmconv.io.load_file` (weights-only,
-    memory-mapped, clear errors); every other scheme MMEngine's
-    ``CheckpointLoader`` knows (``http(s)://`` with its cache,
-    ``open-mmlab://``, file backends, schemes registered by users) is loaded
-    by MMEngine with ``weights_only`` and mmconv's allowlist.
-
-    Args:
-        filename (str): Path or URL.
-        map_location (str): Device for non-local loads. Defaults to 'cpu'.
-        unsafe (bool): Allow arbitrary pickles (trusted files only).
-
-    Returns:
-        The loaded checkpoint object.
-    """
-    from mmengine.runner.checkpoint import CheckpointLoader
-    loader = CheckpointLoader._get_checkpoint_loader(filename)
-    if loader is CheckpointLoader._schemes.get(''):
-        return load_file(os.path.expanduser(filename), unsafe=unsafe,
-                         warn=lambda m: print_log(m, 'current', 30))
-    if unsafe:
-        return loader(filename, map_location)
-    with safe_globals_context():
-        return loader(filename, map_location)
-
+__all__ = ['SelfSupPretrainedInit']
 
 def _init_children_first(module: nn.Module) -> None:
     """Run the children's ``init_weights`` now, as ``BaseModule`` would.
@@ -99,8 +59,9 @@ class SelfSupPretrainedInit(PretrainedInit):
     """Initialise a module from a raw self-supervised checkpoint.
 
     Args:
-        checkpoint (str): Path or URL of the source checkpoint, in any
-            format mmconv reads (``mmconv formats``), converted or not.
+        checkpoint (str): Path, URL or MMEngine ``scheme://`` name of the
+            source checkpoint, in any format mmconv reads (``mmconv
+            formats``), converted or not, or in the module's own layout.
         method (str): Source format, or ``'auto'`` to detect it. Defaults
             to ``'auto'``.
         select (str, optional): ``'teacher'`` (default) or ``'student'`` for
@@ -131,26 +92,24 @@ class SelfSupPretrainedInit(PretrainedInit):
         self.select = select
         self.min_coverage = min_coverage
         self.unsafe_load = unsafe_load
-        self.result: Optional[ConversionResult] = None
+        self.result: Optional[Conversion] = None
         self.loaded: List[str] = []
         self.total = 0
 
     def __call__(self, module: nn.Module) -> None:
         """Convert the checkpoint, load it into ``module`` and check."""
         _init_children_first(module)
-        checkpoint = load_checkpoint_any(self.checkpoint, self.map_location,
-                                         self.unsafe_load)
-        self.result = result = convert_checkpoint(checkpoint, self.method,
-                                                  self.select, self.prefix)
-        report = result.report
-        print_log(f'SelfSupPretrained: {self.checkpoint}: {report.format} '
-                  f'({report.detection}); {len(report.kept)} tensors kept, '
-                  f'{len(report.dropped)} dropped', logger='current')
+        checkpoint = load_source(
+            str(self.checkpoint), unsafe=self.unsafe_load,
+            warn=lambda m: print_log(m, 'current', 30))
         own = module.state_dict()  # once: rebuilding it per key is O(n^2)
         target = {k: v for k, v in own.items()
                   if not k.endswith('num_batches_tracked')}
+        state_dict, how = self._choose(checkpoint, target)
+        print_log(f'SelfSupPretrained: {self.checkpoint}: {how}',
+                  logger='current')
         loadable, mismatched = {}, []
-        for key, tensor in result.state_dict.items():
+        for key, tensor in state_dict.items():
             if key not in own:
                 continue
             if key in target and target[key].shape != tensor.shape:
@@ -161,17 +120,55 @@ class SelfSupPretrainedInit(PretrainedInit):
         module.load_state_dict(loadable, strict=False)
         self.loaded = [k for k in target if k in loadable]
         self.total = len(target)
-        self._check_coverage(module, target, result, mismatched)
+        self._check_coverage(module, target, state_dict, mismatched)
         setattr(module, RECORD_ATTR, {
-            'file': str(self.checkpoint), 'format': report.format,
+            'file': str(self.checkpoint), 'format': self.format_name,
             'loaded': len(self.loaded), 'total': self.total,
             'fingerprints': {k: fingerprint(loadable[k]) for k in self.loaded},
         })
         if hasattr(module, '_params_init_info'):
             update_init_info(module, init_info=self._get_init_info())
 
+    @property
+    def format_name(self) -> str:
+        """The source format used, or ``'own layout'``."""
+        return self.result.format.name if self.result else 'own layout'
+
+    def _choose(self, checkpoint: Any, target: Dict[str, torch.Tensor]
+                ) -> Tuple[Dict[str, torch.Tensor], str]:
+        """The state dict to load: converted by the registry's pipeline, or
+        the file's own keys when they fit ``target`` at least as well
+        (``method='auto'`` only)."""
+        unwrapped = unwrap(checkpoint, self.select)
+        if self.prefix:
+            unwrapped = take_prefix(unwrapped, self.prefix)
+        entries = checkpoint if isinstance(checkpoint, dict) else {}
+        try:
+            conv = convert_state_dict(unwrapped, Request(format=self.method),
+                                      entries)
+        except MMConvError:
+            if self.method != 'auto':
+                raise
+            conv = None
+        own = unwrapped.state_dict
+
+        def fit(sd: Dict[str, torch.Tensor]) -> int:
+            return sum(1 for k, v in sd.items()
+                       if k in target and target[k].shape == v.shape)
+
+        if conv is None or (self.method == 'auto'
+                            and fit(own) > fit(conv.state_dict)):
+            self.result = None
+            return own, (f'loaded in the module\'s own layout, as Pretrained '
+                         f'would ({unwrapped.where}; no conversion)')
+        self.result = conv
+        report = conv.report
+        return conv.state_dict, (
+            f'{report.format} ({report.detection}); {len(report.kept)} '
+            f'tensors kept, {len(report.dropped)} dropped')
+
     def _check_coverage(self, module: nn.Module, target: Dict[str, object],
-                        result: ConversionResult,
+                        state_dict: Dict[str, torch.Tensor],
                         mismatched: List[str]) -> None:
         """Raise (or warn) when the checkpoint does not cover ``module``."""
         n, total = len(self.loaded), self.total
@@ -179,12 +176,14 @@ class SelfSupPretrainedInit(PretrainedInit):
             return
         loaded = set(self.loaded)
         missing = [k for k in target if k not in loaded]
-        unused = [k for k in result.state_dict
+        unused = [k for k in state_dict
                   if k not in loaded and not k.endswith('num_batches_tracked')]
         name = module.__class__.__name__
+        how = (f'format {self.result.report.format}, '
+               f'{self.result.report.detection}' if self.result
+               else "the module's own layout")
         detail = (f'{n}/{total} tensors of {name} loaded from '
-                  f'{self.checkpoint} (format {result.report.format}, '
-                  f'{result.report.detection})')
+                  f'{self.checkpoint} ({how})')
         coverage = n / total if total else 1.0
         if coverage < self.min_coverage:
             raise ConversionError(
@@ -201,7 +200,6 @@ class SelfSupPretrainedInit(PretrainedInit):
 
     def _get_init_info(self) -> str:
         """Init info shown in MMEngine's parameter-initialisation log."""
-        report = self.result.report if self.result else None
-        fmt = f'{report.format} format, ' if report else ''
+        fmt = f'{self.format_name} format, '
         return (f'SelfSupPretrained: load from {self.checkpoint} ({fmt}'
                 f'{len(self.loaded)}/{self.total} tensors)')

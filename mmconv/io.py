@@ -12,6 +12,7 @@ and fsynced, then ``os.replace``; an interrupted write leaves the previous
 destination (or none), never a truncated file.
 """
 import argparse
+import contextlib
 import errno
 import hashlib
 import io
@@ -22,14 +23,19 @@ import re
 import tempfile
 import warnings
 import zipfile
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-from .errors import InputError, OutputError, UnsafeCheckpointError
+from .errors import (InputError, MMConvError, OutputError,
+                     UnsafeCheckpointError)
 
-__all__ = ['load_file', 'save_file', 'SAFE_GLOBALS', 'RestrictedUnpickler',
+__all__ = ['load_file', 'load_source', 'local_copy', 'is_remote',
+           'TORCH_WEIGHTS_ONLY_IS_SAFE', 'allowed_global',
+           'save_file', 'SAFE_GLOBALS', 'RestrictedUnpickler',
            'check_destination', 'arrays_to_tensors',
            'allow_safe_globals_everywhere', 'safe_globals_context']
 
@@ -125,13 +131,51 @@ PICKLE_ALLOWLIST = frozenset([
 ])
 
 
-def safe_globals_context() -> torch.serialization.safe_globals:
+def _torch_version() -> Tuple[int, int]:
+    """``(major, minor)`` of the running torch."""
+    match = re.match(r'(\d+)\.(\d+)', torch.__version__)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+#: Whether ``torch.load(weights_only=True)`` is a safety boundary: not
+#: before torch 2.6 (CVE-2025-32434), where mmconv reads torch files with
+#: its own restricted reader (:mod:`mmconv.torchzip`) instead.
+TORCH_WEIGHTS_ONLY_IS_SAFE = _torch_version() >= (2, 6)
+
+
+def _global_name(obj: Any) -> str:
+    """``module.qualname`` of an allowlisted object."""
+    return f'{obj.__module__}.{obj.__qualname__}'
+
+
+def allowed_global(module: str, name: str) -> Any:
+    """The object the pickle global ``module.name`` stands for, if it is on
+    mmconv's allowlist (:data:`SAFE_GLOBALS`, :data:`PICKLE_ALLOWLIST`,
+    and lazily imported entries); None otherwise."""
+    full = f'{module}.{name}'
+    if full in _LAZY_GLOBALS:
+        _admit_lazy(full)
+    for entry in SAFE_GLOBALS:
+        obj, alias = entry if isinstance(entry, tuple) else (entry, None)
+        if full == (alias or _global_name(obj)):
+            return obj
+    if (module, name) in PICKLE_ALLOWLIST or (
+            module == 'numpy.dtypes' and name.endswith('DType')):
+        return pickle.Unpickler.find_class(
+            RestrictedUnpickler(io.BytesIO()),
+            module.replace('numpy._core', 'numpy.core'), name)
+    return None
+
+
+def safe_globals_context() -> Any:
     """Context admitting :data:`SAFE_GLOBALS` in ``torch.load``.
 
     Only globals not already allowed process-wide are added (torch removes
     what the context added on exit, so re-adding registered ones would
     unregister them).
     """
+    if not hasattr(torch.serialization, 'safe_globals'):  # torch < 2.5
+        return contextlib.nullcontext()
     present = torch.serialization.get_safe_globals()
     return torch.serialization.safe_globals(
         [g for g in SAFE_GLOBALS if g not in present])
@@ -149,7 +193,8 @@ def allow_safe_globals_everywhere() -> None:
     """
     for name in list(_LAZY_GLOBALS):
         _admit_lazy(name)
-    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+    if hasattr(torch.serialization, 'add_safe_globals'):  # torch >= 2.4
+        torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -239,11 +284,25 @@ def _load_safetensors(path: str) -> Dict[str, Any]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
-    return {'state_dict': tensors, 'meta': dict(meta)}
+    return {'state_dict': tensors,
+            'meta': {k: _from_json(v) for k, v in meta.items()}}
+
+
+def _from_json(value: str) -> Any:
+    """A metadata value as :func:`_safetensors_bytes` stored it (non-string
+    values are JSON-encoded; safetensors metadata holds strings only)."""
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return decoded if isinstance(decoded, (dict, list)) or \
+        value in ('true', 'false', 'null') or value[:1].isdigit() \
+        or value[:1] == '-' else value
 
 
 def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
-              warn: Callable[[str], None] = None) -> Any:
+              warn: Callable[[str], None] = None,
+              reader: str = 'auto') -> Any:
     """Load a checkpoint file without running code from it.
 
     Args:
@@ -254,6 +313,11 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
             that are used are read. Defaults to True.
         warn (callable, optional): Receives the warning printed for
             ``unsafe=True``. Defaults to :func:`warnings.warn`.
+        reader (str): How torch files are read: ``'torch'`` =
+            ``torch.load(weights_only=True)`` with the allowlist,
+            ``'mmconv'`` = mmconv's own restricted zip reader
+            (:mod:`mmconv.torchzip`), ``'auto'`` = ``'torch'`` where that is
+            a safety boundary (torch >= 2.6), ``'mmconv'`` before.
 
     Returns:
         The loaded object (usually a dict).
@@ -272,8 +336,28 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
     if path.endswith(('.pkl', '.pickle')):
         return _load_pickle(path, unsafe)
     is_zip = zipfile.is_zipfile(path)
+    if reader == 'auto':
+        reader = 'torch' if TORCH_WEIGHTS_ONLY_IS_SAFE else 'mmconv'
+    if reader == 'mmconv' and not unsafe and not is_zip:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if head[:2] == b'PK':
+            raise _corrupt(path, ValueError(
+                'zip archive is truncated: its central directory is '
+                'missing'))
+        if head[:1] != b'\x80':  # not a pickle: not a legacy torch file
+            raise _corrupt(path, ValueError('not a torch.save file'))
+        raise UnsafeCheckpointError(
+            f'{path}: legacy (non-zip) torch file: on torch '
+            f'{torch.__version__} (< 2.6, whose weights_only loader is not '
+            'safe) mmconv reads only the zip format torch>=1.6 writes; '
+            're-save it with torch.save, upgrade torch, or rerun with '
+            '--unsafe-load if you trust it')
     while True:
         try:
+            if reader == 'mmconv' and not unsafe:
+                from .torchzip import load_torch_zip
+                return load_torch_zip(path, allowed_global)
             return _torch_load(path, unsafe, mmap and is_zip)
         except pickle.UnpicklingError as err:
             refused = _refused_global(err)
@@ -287,6 +371,158 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
                 AttributeError, TypeError, IndexError, zipfile.BadZipFile,
                 UnicodeDecodeError) as err:
             raise _corrupt(path, err) from None
+
+
+#: ``scheme://`` (optionally ``backend:scheme://``) at the start of a name:
+#: URLs, MMEngine model-zoo names and MMEngine file backends.
+_REMOTE = re.compile(r'^(?:[\w.+-]+:)?[a-zA-Z][\w.+-]*://')
+
+
+def is_remote(name: str) -> bool:
+    """Whether ``name`` is a URL / ``scheme://`` name rather than a path."""
+    return bool(_REMOTE.match(os.fspath(name)))
+
+
+def _resolve_model_zoo(name: str) -> str:
+    """MMEngine's model-zoo names -> the URL (or local file) they stand for.
+
+    ``torchvision://``/``modelzoo://``, ``open-mmlab://``/``openmmlab://``
+    and ``mmcls://`` resolve through MMEngine's own tables, exactly as its
+    ``CheckpointLoader`` resolves them; any other name is returned as is.
+    """
+    from mmengine.runner import checkpoint as ckpt
+    for prefixes, table in (
+            (('torchvision://', 'modelzoo://'), ckpt.get_torchvision_models),
+            (('open-mmlab://', 'openmmlab://'), ckpt.get_external_models),
+            (('mmcls://', ), ckpt.get_mmcls_models)):
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is None:
+            continue
+        model = name[len(prefix):]
+        if 'open' in prefix:
+            model = ckpt.get_deprecated_model_names().get(model, model)
+        urls = table()
+        if model not in urls:
+            raise InputError(f'{name}: unknown model name {model!r} for '
+                             f'{prefix}; check the name')
+        url = urls[model]
+        if not is_remote(url):  # open-mmlab:// entries may be local files
+            url = os.path.join(ckpt._get_mmengine_home(), url)
+        return url
+    return name
+
+
+def _download(url: str, progress: bool) -> str:
+    """Download ``url`` once into torch's hub cache (as MMEngine and
+    ``torch.hub`` do: ``<hub dir>/checkpoints/<file name>``); return the
+    local path. In a distributed run rank 0 downloads first."""
+    model_dir = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    name = os.path.basename(urlparse(url).path) or hashlib.sha256(
+        url.encode()).hexdigest()[:16]
+    cached = os.path.join(model_dir, name)
+
+    def fetch() -> None:
+        if os.path.exists(cached):
+            return
+        os.makedirs(model_dir, exist_ok=True)
+        try:  # writes a temporary file, then renames it: never half a file
+            torch.hub.download_url_to_file(url, cached, progress=progress)
+        except (OSError, ValueError) as err:  # URLError/HTTPError: OSError
+            raise InputError(f'{url}: download failed ({err}); check the URL '
+                             'and the network, or download the file and '
+                             'give its local path') from None
+
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = (torch.distributed.get_rank(),
+                       torch.distributed.get_world_size())
+    if rank == 0:
+        fetch()
+    if world > 1:
+        torch.distributed.barrier()
+        fetch()
+    return cached
+
+
+@contextmanager
+def local_copy(name: str, progress: Optional[bool] = None) -> Iterator[str]:
+    """A local path holding the checkpoint ``name``; nothing is unpickled.
+
+    * local paths (``~`` expanded) are used in place;
+    * ``http(s)://`` URLs (and MMEngine's ``torchvision://``,
+      ``open-mmlab://``, ``mmcls://`` names, resolved to their URLs) are
+      downloaded once into torch's hub cache, with a progress bar;
+    * any other ``scheme://`` name is fetched to a temporary local file
+      through :func:`mmengine.fileio.get_local_path`, i.e. by whichever
+      MMEngine file backend is registered for it (``s3://``, ``petrel://``,
+      user backends).
+
+    Args:
+        name (str): Path, URL or ``scheme://`` name.
+        progress (bool, optional): Show a download progress bar. Defaults to
+            whether standard error is a terminal.
+
+    Yields:
+        str: The local path (valid inside the ``with`` block).
+    """
+    name = os.fspath(name)
+    if not is_remote(name):
+        yield os.path.expanduser(name)
+        return
+    url = _resolve_model_zoo(name)
+    if not is_remote(url):
+        yield url
+    elif url.startswith(('http://', 'https://')):
+        yield _download(url, os.isatty(2) if progress is None else progress)
+    else:
+        from mmengine.fileio import get_local_path
+        try:
+            context = get_local_path(url)
+            path = context.__enter__()
+        except Exception as err:  # backend errors vary: one line, exit 3
+            raise InputError(f'{name}: cannot fetch it through MMEngine\'s '
+                             f'file backends ({type(err).__name__}: {err}); '
+                             'register a backend for this prefix or give a '
+                             'local path') from None
+        try:
+            yield path
+        finally:
+            context.__exit__(None, None, None)
+
+
+def load_source(name: str, *, unsafe: bool = False,
+                warn: Optional[Callable[[str], None]] = None,
+                progress: Optional[bool] = None) -> Any:
+    """Load a checkpoint given by path, URL or MMEngine ``scheme://`` name.
+
+    Every source takes the same safe path: it is made local with
+    :func:`local_copy` (no code runs while fetching), then read by
+    :func:`load_file` (weights-only with mmconv's allowlist, memory-mapped).
+    Only ``unsafe=True`` lifts the allowlist, with a warning.
+
+    Args:
+        name (str): Path, ``http(s)://`` URL or ``scheme://`` name.
+        unsafe (bool): Allow arbitrary pickles (trusted files only).
+        warn (callable, optional): Receives the ``unsafe`` warning.
+        progress (bool, optional): Download progress bar (see
+            :func:`local_copy`).
+
+    Returns:
+        The loaded object.
+
+    Raises:
+        InputError: Missing/corrupt file, failed download, unknown name.
+        UnsafeCheckpointError: The file needs a global not on the allowlist.
+    """
+    name = os.fspath(name)
+    with local_copy(name, progress) as path:
+        if path == os.path.expanduser(name):
+            return load_file(path, unsafe=unsafe, warn=warn)
+        try:
+            return load_file(path, unsafe=unsafe, warn=warn)
+        except MMConvError as err:  # name the URL, and where it was cached
+            raise type(err)(str(err).replace(
+                path, f'{name} (local copy {path})', 1)) from None
 
 
 def _torch_load(path: str, unsafe: bool, mmap: bool) -> Any:

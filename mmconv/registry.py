@@ -1,16 +1,30 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Registration with MMEngine, at the cost of ``mmengine.registry`` only.
+"""Registration with MMEngine, at the cost of ``mmengine.registry`` only,
+and only once MMEngine is in use.
 
 ``SelfSupPretrained`` (weight initializer) and ``PretrainedLoadCheckHook``
 (hook) are registered as small factories that import their implementation
 (torch, ``mmengine.model``, ``mmengine.hooks``) when a config first builds
-them, so ``import mmconv`` and the command lines' ``--help`` stay light.
-Building either also adds mmconv's allowlist to torch's weights-only loader
-(see :func:`mmconv.io.allow_safe_globals_everywhere`).
+them; the MMDetection modules of :mod:`mmconv.models` (``ViTDet``,
+``SimpleFPN``) are imported, which registers them, once ``mmdet.registry``
+is; and MMEngine's ``CheckpointLoader`` reads local files and URLs with
+mmconv's safe reader (:func:`load_from_mmconv`) once
+``mmengine.runner.checkpoint`` is imported, so ``Pretrained``,
+``load_from`` and ``resume`` are weights-only everywhere and read
+``.safetensors``. :func:`register_with_mmengine` does each at once when the registry
+module is already imported (``custom_imports`` in a config) and otherwise
+as soon as it is, so ``import mmconv`` and the command lines never import
+MMEngine or MMDetection just to register. Building either also adds mmconv's
+allowlist to torch's weights-only loader
+(:func:`mmconv.io.allow_safe_globals_everywhere`).
 """
-from mmengine.registry import HOOKS, WEIGHT_INITIALIZERS
+import importlib.abc
+import importlib.util
+import sys
 
-__all__ = ['SelfSupPretrained', 'PretrainedLoadCheckHook']
+__all__ = ['SelfSupPretrained', 'PretrainedLoadCheckHook',
+           'register_with_mmengine', 'load_from_mmconv',
+           'SAFE_SCHEMES']
 
 
 def SelfSupPretrained(**kwargs):  # noqa: N802 (registry type name)
@@ -29,7 +43,84 @@ def PretrainedLoadCheckHook(**kwargs):  # noqa: N802 (registry type name)
     return Hook(**kwargs)
 
 
-WEIGHT_INITIALIZERS.register_module(name='SelfSupPretrained',
-                                    module=SelfSupPretrained)
-HOOKS.register_module(name='PretrainedLoadCheckHook',
-                      module=PretrainedLoadCheckHook)
+def _register() -> None:
+    """Add the two factories to MMEngine's registries (idempotent)."""
+    from mmengine.registry import HOOKS, WEIGHT_INITIALIZERS
+    WEIGHT_INITIALIZERS.register_module(name='SelfSupPretrained',
+                                        module=SelfSupPretrained, force=True)
+    HOOKS.register_module(name='PretrainedLoadCheckHook',
+                          module=PretrainedLoadCheckHook, force=True)
+
+
+#: MMEngine ``CheckpointLoader`` schemes mmconv's safe reader replaces.
+SAFE_SCHEMES = ('', 'http://', 'https://', 'torchvision://', 'modelzoo://',
+                'open-mmlab://', 'openmmlab://')
+
+
+def load_from_mmconv(filename, map_location=None):
+    """MMEngine ``CheckpointLoader`` loader: :func:`mmconv.io.load_source`
+    (weights-only with mmconv's allowlist, ``.safetensors`` as
+    ``{'state_dict', 'meta'}``, URLs downloaded once, then read the same
+    way). Tensors are returned on the CPU; MMEngine copies them to the
+    model's device when it loads them."""
+    from .io import load_source
+    return load_source(str(filename))
+
+
+def _register_loaders() -> None:
+    """Make MMEngine read local files and URLs through mmconv's safe
+    reader (``Pretrained``, ``load_from``, ``resume``)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes=SAFE_SCHEMES,
+                                     loader=load_from_mmconv,
+                                     force=True)
+
+
+def _register_models() -> None:
+    """Import :mod:`mmconv.models` (registers ViTDet, SimpleFPN)."""
+    importlib.import_module('mmconv.models')
+
+
+#: registry module -> what to run once it is imported
+_WHEN_IMPORTED = {'mmengine.registry': _register,
+                  'mmengine.runner.checkpoint': _register_loaders,
+                  'mmdet.registry': _register_models}
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs the :data:`_WHEN_IMPORTED` action of a module right after it is
+    imported (by whoever imports it first)."""
+
+    def __init__(self) -> None:
+        self.pending = {n for n in _WHEN_IMPORTED if n not in sys.modules}
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.pending:
+            return None
+        self.pending.discard(name)
+        sys.meta_path.remove(self)  # find the real spec without us
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            if self.pending:
+                sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:  # pragma: no cover
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _WHEN_IMPORTED[name]()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def register_with_mmengine() -> None:
+    """Register now where the registries are loaded, else on import."""
+    for name, action in _WHEN_IMPORTED.items():
+        if name in sys.modules:
+            action()
+    if any(n not in sys.modules for n in _WHEN_IMPORTED) and not any(
+            isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport())

@@ -45,6 +45,7 @@ def _kill_while_writing(src, dst, extra=()):
     return killed_mid_write
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_keeps_old_destination(big_source, tmp_path):
     """--force over an existing file, killed mid-write: the old bytes stay;
     only a `.DST.*.part` temporary is left behind, never DST itself."""
@@ -57,6 +58,7 @@ def test_sigkill_mid_write_keeps_old_destination(big_source, tmp_path):
                for f in leftovers)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_no_destination(big_source, tmp_path):
     """No previous file, killed mid-write: DST does not exist."""
     dst = tmp_path / 'new.pth'

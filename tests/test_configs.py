@@ -11,9 +11,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mmconv import load_file
-from mmconv.cli import selfsup2mmdet_main
+from mmconv.cli import preset_main
 from tests.fixtures.mmpretrain_layouts import build_mmpretrain
 from tests.fixtures.official_layouts import ALL_BUILDERS, save_layout
 
@@ -23,6 +24,22 @@ ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'),
 SELFSUP = sorted(glob.glob(os.path.join(ROOT, 'configs', 'selfsup_pretrain',
                                         '*.py')))
 BIN = os.path.dirname(sys.executable)
+
+
+def test_no_config_name_collides_with_mmdetection():
+    """`mim train mmdet NAME` resolves a name it cannot find locally in the
+    installed mmdet package: no shipped config may share a file name with
+    one there (it would silently train MMDetection's config instead)."""
+    import mmdet
+    package = os.path.dirname(mmdet.__file__)
+    theirs = {os.path.basename(p) for p in glob.glob(
+        os.path.join(package, '.mim', 'configs', '**', '*.py'),
+        recursive=True)}
+    assert len(theirs) > 500  # the installed package ships its configs
+    ours = {os.path.basename(p) for p in ALL_CONFIGS}
+    assert not ours & theirs, sorted(ours & theirs)
+    raw = [os.path.basename(p) for p in SELFSUP if 'converted' not in p]
+    assert all('selfsup-raw' in name for name in raw), raw
 
 
 def _name(path):
@@ -110,7 +127,7 @@ def _run_train(path, data, tmp, extra=(), launcher=None):
     ckpt = src
     if init.type == 'Pretrained':  # the pre-converted variants
         ckpt = str(tmp / 'converted.pth')
-        assert selfsup2mmdet_main([src, ckpt]) == 0
+        assert preset_main('selfsup2mmdet', [src, ckpt]) == 0
     work = tmp / 'work'
     opts = _data_options(data) + [
         _scale_option(cfg), f'model.backbone.init_cfg.checkpoint={ckpt}'
@@ -157,6 +174,7 @@ def _check_run(layout, work, output):
     assert set(backbone) == set(layout.backbone)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', SELFSUP, ids=map(_name, SELFSUP))
 def test_mim_train(path, tiny_coco, tmp_path):
     """`mim train mmdet CONFIG` for two iterations: exit 0, finite losses,
@@ -165,6 +183,7 @@ def test_mim_train(path, tiny_coco, tmp_path):
     _check_run(layout, work, output)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_train(tiny_coco, tmp_path):
     """`--launcher pytorch` on 2 CPU ranks (gloo, SyncBN -> BN)."""
     import socket
@@ -172,7 +191,7 @@ def test_two_process_gloo_train(tiny_coco, tmp_path):
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     path = os.path.join(ROOT, 'configs', 'selfsup_pretrain',
-                        'mask-rcnn_r50-mocov2-pre_fpn_1x_coco.py')
+                        'mask-rcnn_r50-mocov2-selfsup-raw-pre_fpn_1x_coco.py')
     layout, work, output = _run_train(
         path, tiny_coco, tmp_path, launcher=port, extra=[
             'model.backbone.norm_cfg.type=BN', 'env_cfg.dist_cfg.backend=gloo',
@@ -184,3 +203,25 @@ def test_two_process_gloo_train(tiny_coco, tmp_path):
     assert 'Distributed launcher: pytorch' in output or \
         'world_size: 2' in output or 'Distributed training: True' in output
     _check_run(layout, work, output)
+
+
+@pytest.mark.slow
+def test_resumed_run_with_the_hook_completes(tiny_coco, tmp_path):
+    """Two iterations, then `resume=True` for two more: every backbone
+    tensor has moved away from the pre-training file, and the hook compares
+    with the resumed checkpoint instead (no false 'still random')."""
+    path = os.path.join(ROOT, 'configs', 'selfsup_pretrain',
+                        'mask-rcnn_r50-mocov2-selfsup-raw-pre_fpn_1x_coco.py')
+    layout, work, output = _run_train(path, tiny_coco, tmp_path)
+    saved = load_file(str(work / 'epoch_1.pth'))['state_dict']
+    moved = [k for k, v in layout.backbone.items()
+             if v.is_floating_point()
+             and torch.equal(saved[f'backbone.{k}'], v)]
+    assert not moved, moved[:5]
+    _, _, output = _run_train(path, tiny_coco, tmp_path,
+                              extra=['resume=True', 'train_cfg.max_epochs=2'])
+    row = re.search(r'^backbone\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)', output,
+                    re.M)
+    assert row and row.group(3) == row.group(1), output[-3000:]
+    assert row.group(4).endswith('epoch_1.pth'), row.group(0)
+    assert (work / 'epoch_2.pth').is_file()

@@ -2,7 +2,7 @@
 """The pure conversion core: rules, invariants, report."""
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mmconv import (FORMATS, ConversionError, KeyCollisionError,
@@ -163,6 +163,8 @@ def test_property_no_tensor_lost_or_altered(keys, prefix):
 def test_property_collisions_always_caught(keys, data):
     """A key present under both densecl prefixes with different values
     always raises; with the same tensor it is merged."""
+    keys = [k for k in keys if not k.startswith('fc.')]  # the classifier
+    assume(keys)  # slot, which the ResNet family drops by design
     dup = data.draw(st.sampled_from(keys))
     sd = {f'backbone.{k}': torch.full((1, ), float(i))
           for i, k in enumerate(keys)}

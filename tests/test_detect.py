@@ -13,7 +13,7 @@ def test_unknown_layout_lists_formats_and_keys():
     """The error names every supported format and the first keys seen."""
     sd = {'encoder.blocks.0.attn.qkv.weight': torch.zeros(1)}
     with pytest.raises(UnknownFormatError) as err:
-        detect_format({'model': sd})
+        detect_format(sd)
     msg = str(err.value)
     assert 'encoder.blocks.0.attn.qkv.weight' in msg
     for name in format_names():

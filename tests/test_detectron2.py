@@ -19,15 +19,15 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from mmconv.api import convert_file
-from mmconv.d2cli import (d2_to_mmdet_main, mmdet2torchvision_main,
-                          torchvision2d2_main)
-from mmconv.detectron2 import FROZEN_BN_EPS, convert_resnet
+from mmconv.cli import preset_main
+from mmconv.formats.detectron2 import FROZEN_BN_EPS
 from mmconv.io import PICKLE_ALLOWLIST, load_file
+from mmconv.pipeline import convert_checkpoint, convert_file
+from tests.fixtures.detectron2_layouts import (STAGES, msra_r50_blobs,
+                                               script_mapping)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPTHS = (18, 34, 50, 101, 152)
-STAGES = ((3, 4, 6, 3))
 X = None  # set lazily: the input all stage comparisons use
 
 
@@ -43,23 +43,6 @@ def _tv(depth: int, seed: int = 0) -> nn.Module:
             m.running_var.uniform_(0.5, 2)
             m.num_batches_tracked.fill_(seed + 3)
     return model.eval()
-
-
-def _script_mapping(keys):
-    """The mapping documented by detectron2's convert-torchvision-to-d2.py:
-    non-``layer`` keys get ``stem.``; ``layerN`` -> ``res{N+1}``; ``bnK`` ->
-    ``convK.norm``; ``downsample.0/1`` -> ``shortcut``/``shortcut.norm``
-    (written independently, as plain string replacements)."""
-    out = {}
-    for k in keys:
-        new = k if 'layer' in k else 'stem.' + k
-        for t in (1, 2, 3, 4):
-            new = new.replace(f'layer{t}', f'res{t + 1}')
-        for t in (1, 2, 3):
-            new = new.replace(f'bn{t}', f'conv{t}.norm')
-        new = new.replace('downsample.0', 'shortcut')
-        out[k] = new.replace('downsample.1', 'shortcut.norm')
-    return out
 
 
 def _pickle_globals(path):
@@ -124,7 +107,7 @@ def test_torchvision_to_d2_mapping_and_roundtrip(depth, tmp_path, capsys):
     sd = model.state_dict()
     src, dst = tmp_path / f'resnet{depth}.pth', tmp_path / f'r{depth}.pkl'
     torch.save(sd, src)
-    assert torchvision2d2_main([str(src), str(dst), '--keep-fc']) == 0
+    assert preset_main('torchvision2d2', [str(src), str(dst), '--keep-fc']) == 0
     out = capsys.readouterr().out
     assert 'FORMAT: "RGB"' in out and f'DEPTH: {depth}' in out
     assert 'PIXEL_MEAN: [123.675, 116.280, 103.530]' in out
@@ -144,7 +127,7 @@ def test_torchvision_to_d2_mapping_and_roundtrip(depth, tmp_path, capsys):
         obj = pickle.load(f, encoding='latin1')
     assert obj['__author__'] == 'torchvision'
     assert obj['matching_heuristics'] is True
-    mapping = _script_mapping(sd)
+    mapping = script_mapping(sd)
     assert set(obj['model']) == set(mapping.values())
     for k, new in mapping.items():
         arr = obj['model'][new]
@@ -153,7 +136,7 @@ def test_torchvision_to_d2_mapping_and_roundtrip(depth, tmp_path, capsys):
     _no_leftovers(tmp_path)
 
     back = tmp_path / 'back.pth'
-    assert d2_to_mmdet_main([str(dst), str(back), '--to', 'torchvision',
+    assert preset_main('d2_to_mmdet', [str(dst), str(back), '--to', 'torchvision',
                              '--keep-fc']) == 0
     got = torch.load(back, weights_only=True)
     assert set(got) == set(sd)
@@ -163,10 +146,10 @@ def test_torchvision_to_d2_mapping_and_roundtrip(depth, tmp_path, capsys):
     fresh.load_state_dict(got, strict=True)
 
     # without --keep-fc: the same minus the classifier (dropped, reported)
-    conv = convert_resnet(load_file(str(src)), 'detectron2')
+    conv = convert_checkpoint(load_file(str(src)), target='detectron2')
     assert set(conv.state_dict) == {v for k, v in mapping.items()
                                     if not k.startswith('fc.')}
-    assert conv.depth == depth and conv.report.backbone.complete
+    assert conv.meta['depth'] == depth and conv.report.backbone.complete
     assert {r.old for r in conv.report.dropped} == {'fc.weight', 'fc.bias'}
 
 
@@ -182,8 +165,8 @@ def test_stage_outputs_equal_via_d2_and_direct(depth, tmp_path, capsys):
     torch.save(model.state_dict(), src)
     pkl, via, direct = (tmp_path / 'a.pkl', tmp_path / 'via.pth',
                         tmp_path / 'direct.pth')
-    assert torchvision2d2_main([str(src), str(pkl)]) == 0
-    assert d2_to_mmdet_main([str(pkl), str(via)]) == 0
+    assert preset_main('torchvision2d2', [str(src), str(pkl)]) == 0
+    assert preset_main('d2_to_mmdet', [str(pkl), str(via)]) == 0
     out = capsys.readouterr().out
     assert "style='pytorch'" in out and 'bgr_to_rgb=True' in out
     assert 'mean=[123.675, 116.280, 103.530]' in out
@@ -223,8 +206,8 @@ def test_mmdet_back_to_torchvision_and_d2(tmp_path, capsys):
     src = tmp_path / 'epoch_12.pth'
     torch.save(detector, src)
     tv_path, d2_path = tmp_path / 'tv.pth', tmp_path / 'd2.pkl'
-    assert mmdet2torchvision_main([str(src), str(tv_path)]) == 0
-    assert mmdet2torchvision_main([str(src), str(d2_path), '--to',
+    assert preset_main('mmdet2torchvision', [str(src), str(tv_path)]) == 0
+    assert preset_main('mmdet2torchvision', [str(src), str(d2_path), '--to',
                                    'detectron2']) == 0
     out = capsys.readouterr().out
     assert 'ASSUMED' in out and 'STRIDE_IN_1X1: False' in out
@@ -239,58 +222,12 @@ def test_mmdet_back_to_torchvision_and_d2(tmp_path, capsys):
         for i, (a, b) in enumerate(zip(_stages_tv(tv, x), mm(x))):
             assert torch.equal(a, b), f'C{i + 2}'
     model = load_file(str(d2_path))['model']
-    mapping = _script_mapping(sd)
+    mapping = script_mapping(sd)
     assert set(model) == set(mapping.values())
     assert all(torch.equal(model[mapping[k]], v) for k, v in sd.items())
 
 
 # --- Caffe2 (MSRA) blobs, stride in the 1x1 conv -----------------------------
-_C2_LETTER = {1: 'a', 2: 'b', 3: 'c'}
-
-
-def _msra_r50_blobs(seed: int = 7):
-    """An MSRA-style ``R-50.pkl`` dict: Caffe2 blob names, FrozenBN as
-    scale ``_bn_s`` / bias ``_bn_b`` only, plus classifier, a tiny stem conv
-    bias and momentum blobs; and the canonical name of each backbone blob."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = {k: v.shape for k, v in
-              torchvision.models.resnet50(weights=None).state_dict().items()}
-    blobs, canonical = {}, {}
-
-    def conv(c2, name):
-        shape = shapes[name]
-        fan_in = shape[1] * shape[2] * shape[3]
-        w = torch.randn(shape, generator=g) * (2.0 / fan_in) ** 0.5
-        blobs[c2] = w.numpy()
-        canonical[c2] = name
-
-    def norm(c2, layer, small=False):
-        n = shapes[f'{layer}.weight'][0]
-        s = torch.rand(n, generator=g) * 0.5 + (0.1 if small else 0.5)
-        b = torch.randn(n, generator=g) * 0.1
-        blobs[f'{c2}_s'], blobs[f'{c2}_b'] = s.numpy(), b.numpy()
-        canonical[f'{c2}_s'] = f'{layer}.weight'
-        canonical[f'{c2}_b'] = f'{layer}.bias'
-
-    conv('conv1_w', 'conv1.weight')
-    norm('res_conv1_bn', 'bn1')
-    for stage, n in enumerate(STAGES, 1):
-        for b in range(n):
-            c2, tv = f'res{stage + 1}_{b}', f'layer{stage}.{b}'
-            for i, letter in _C2_LETTER.items():
-                conv(f'{c2}_branch2{letter}_w', f'{tv}.conv{i}.weight')
-                norm(f'{c2}_branch2{letter}_bn', f'{tv}.bn{i}', small=i == 3)
-            if b == 0:
-                conv(f'{c2}_branch1_w', f'{tv}.downsample.0.weight')
-                norm(f'{c2}_branch1_bn', f'{tv}.downsample.1')
-    extra = {'fc1000_w': np.zeros((1000, 2048), np.float32),
-             'fc1000_b': np.zeros(1000, np.float32),
-             'conv1_b': np.full(64, 1e-9, np.float32),
-             'res2_0_branch2a_w_momentum': np.zeros((64, 64, 1, 1),
-                                                    np.float32)}
-    return {**blobs, **extra}, canonical
-
-
 class FrozenBN(nn.Module):
     """detectron2 FrozenBatchNorm2d semantics: fixed buffers, eval-mode
     batch norm with eps 1e-5; a Caffe2 file sets only weight/bias, so the
@@ -375,11 +312,11 @@ def test_caffe2_msra_to_mmdet_caffe_style(tmp_path, capsys):
     statistics 0 / 1-eps; MMDetection ResNet(style='caffe') equals the
     stride-in-1x1 reference exactly (and the AffineChannel form to float
     rounding); style='pytorch' would differ."""
-    blobs, canonical = _msra_r50_blobs()
+    blobs, canonical = msra_r50_blobs()
     src, dst = tmp_path / 'R-50.pkl', tmp_path / 'r50_caffe.pth'
     with open(src, 'wb') as f:
         pickle.dump(blobs, f, protocol=2)
-    assert d2_to_mmdet_main([str(src), str(dst), '-v']) == 0
+    assert preset_main('d2_to_mmdet', [str(src), str(dst), '-v']) == 0
     out = capsys.readouterr().out
     assert 'format:   caffe2' in out
     assert 'style:    caffe — Caffe2 blobs' in out and 'ASSUMED' not in out
@@ -432,7 +369,7 @@ def test_detectron2_model_zoo_and_bare_files(tmp_path, capsys,
     assumed caffe unless given, preprocessing read from pixel_mean/std."""
     sd = {k: v for k, v in tv_resnet50.state_dict().items()
           if not k.endswith('num_batches_tracked') and not k.startswith('fc')}
-    mapping = _script_mapping(sd)
+    mapping = script_mapping(sd)
     model = {f'backbone.bottom_up.{mapping[k]}': v.numpy()
              for k, v in sd.items()}
     model.update({
@@ -448,7 +385,7 @@ def test_detectron2_model_zoo_and_bare_files(tmp_path, capsys,
     with open(src, 'wb') as f:
         pickle.dump({'model': model, '__author__': 'Detectron2 Model Zoo'}, f)
     dst = tmp_path / 'zoo.pth'
-    assert d2_to_mmdet_main([str(src), str(dst)]) == 0
+    assert preset_main('d2_to_mmdet', [str(src), str(dst)]) == 0
     out = capsys.readouterr().out
     assert 'style:    caffe (ASSUMED)' in out and "style='caffe'" in out
     assert 'warning:  style' in out
@@ -460,14 +397,14 @@ def test_detectron2_model_zoo_and_bare_files(tmp_path, capsys,
     assert all(torch.equal(got[k], v) for k, v in sd.items())
 
     dst2 = tmp_path / 'zoo_tv.pth'
-    assert d2_to_mmdet_main([str(src), str(dst2), '--style', 'pytorch']) == 0
+    assert preset_main('d2_to_mmdet', [str(src), str(dst2), '--style', 'pytorch']) == 0
     out = capsys.readouterr().out
     assert 'style:    pytorch — given' in out and "style='pytorch'" in out
 
     bare = tmp_path / 'bare.pth'
     torch.save({mapping[k]: v for k, v in sd.items()}, bare)
     dst3 = tmp_path / 'bare_mm.pth'
-    assert d2_to_mmdet_main([str(bare), str(dst3)]) == 0
+    assert preset_main('d2_to_mmdet', [str(bare), str(dst3)]) == 0
     got = torch.load(dst3, weights_only=True)['state_dict']
     assert all(torch.equal(got[k], v) for k, v in sd.items())
     assert 'complete ResNet-50 backbone' in capsys.readouterr().out
@@ -481,11 +418,11 @@ def test_selfsup_to_d2(tmp_path, capsys):
     layout = build_moco_v2()
     src = save_layout(layout, str(tmp_path))
     dst = tmp_path / 'moco.pkl'
-    assert torchvision2d2_main([src, str(dst)]) == 0
+    assert preset_main('torchvision2d2', [src, str(dst)]) == 0
     assert 'format:   moco' in capsys.readouterr().out
     obj = load_file(str(dst))
     assert obj['__author__'] == 'mmconv:moco'
-    mapping = _script_mapping(layout.backbone)
+    mapping = script_mapping(layout.backbone)
     assert set(obj['model']) == set(mapping.values())
     assert all(torch.equal(obj['model'][mapping[k]], v)
                for k, v in layout.backbone.items())
@@ -508,9 +445,8 @@ def _write_pickle(path, obj, protocol=4):
     return str(path)
 
 
-@pytest.mark.parametrize('main', [d2_to_mmdet_main, torchvision2d2_main],
-                         ids=['d2_to_mmdet', 'torchvision2d2'])
-def test_bad_pkl_refused(main, tmp_path, capsys):
+@pytest.mark.parametrize('preset', ['d2_to_mmdet', 'torchvision2d2'])
+def test_bad_pkl_refused(preset, tmp_path, capsys):
     """Code-running, wrong-object and truncated pickles: non-zero exit with
     one clear line, the marker never created, no output, no temp file."""
     marker = tmp_path / 'PWNED'
@@ -542,7 +478,7 @@ def test_bad_pkl_refused(main, tmp_path, capsys):
     trunc.write_bytes(data[:len(data) // 2])
     cases['truncated.pkl'] = (str(trunc), 3, 'truncated')
     for name, (path, code, text) in cases.items():
-        rc = main([path, str(out)])
+        rc = preset_main(preset, [path, str(out)])
         err = capsys.readouterr().err
         assert rc == code, (name, err)
         assert text in err and err.startswith('error: ') \
@@ -553,7 +489,7 @@ def test_bad_pkl_refused(main, tmp_path, capsys):
 
 def test_scripts_and_output_name(tmp_path):
     """The script files run (one line on error, no traceback); detectron2
-    output must be named .pkl (exit 6, nothing written)."""
+    output must be named .pkl (usage error: exit 2, nothing written)."""
     marker = tmp_path / 'PWNED'
     evil = _write_pickle(tmp_path / 'R-50.pkl', _Evil(marker), protocol=2)
     script = os.path.join(ROOT, 'tools', 'model_converters',
@@ -570,42 +506,13 @@ def test_scripts_and_output_name(tmp_path):
     res = subprocess.run([sys.executable, script, str(src),
                           str(tmp_path / 'o.pth')], capture_output=True,
                          text=True)
-    assert res.returncode == 6 and '.pkl' in res.stderr
+    assert res.returncode == 2 and '.pkl' in res.stderr
     assert not (tmp_path / 'o.pth').exists()
     res = subprocess.run([sys.executable, script, str(src),
                           str(tmp_path / 'o.pkl')], capture_output=True,
                          text=True, check=True)
     assert 'complete ResNet-18 backbone' in res.stdout
     assert 'RES2_OUT_CHANNELS: 64' in res.stdout
-
-
-def test_mmconv_convert_to_wiring(tmp_path, capsys, tv_resnet50):
-    """The proposed ``mmconv convert --to`` wiring (``add_convert_arguments``
-    + ``add_target_arguments``, ``_convert`` through ``convert_command``):
-    mmconv formats -> mmdet keep the existing path; ``--to detectron2`` and
-    auto-detected detectron2 files go through the new one, with the same
-    backbone."""
-    import argparse
-    from mmconv.cli import _convert, add_convert_arguments
-    from mmconv.d2cli import add_target_arguments, convert_command
-    parser = argparse.ArgumentParser()
-    add_convert_arguments(parser, '--from')
-    add_target_arguments(parser)
-    src = tmp_path / 'tv.pth'
-    torch.save(tv_resnet50.state_dict(), src)
-    a, b, c = tmp_path / 'a.pth', tmp_path / 'b.pkl', tmp_path / 'c.pth'
-    convert_command(parser.parse_args([str(src), str(a)]), _convert)
-    out = capsys.readouterr().out
-    assert 'format:   torchvision' in out and 'style:' not in out
-    convert_command(parser.parse_args([str(src), str(b), '--to',
-                                       'detectron2']), _convert)
-    assert 'STRIDE_IN_1X1: False' in capsys.readouterr().out
-    convert_command(parser.parse_args([str(b), str(c)]), _convert)
-    assert 'format:   detectron2' in capsys.readouterr().out
-    first = torch.load(a, weights_only=True)['state_dict']
-    again = torch.load(c, weights_only=True)['state_dict']
-    assert set(first) == set(again)
-    assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 def test_mmconv_console_convert_to(tmp_path, tv_resnet50):

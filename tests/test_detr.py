@@ -15,65 +15,25 @@ import sys
 import pytest
 import torch
 
+from functools import partial
+
 from mmconv import load_file
+from mmconv.cli import preset_main
 from mmconv.detect import detect_format
-from mmconv.detr import (COCO_CATEGORY_IDS, DETR_FORMATS,
-                         convert_detr_checkpoint, detect_detr_format,
-                         keep_objectness_rows, remap_coco_classes)
-from mmconv.detr_cli import DETR_FORMAT_NAMES, main
 from mmconv.errors import ConversionError, UnknownFormatError
-from tests.fixtures.detr_checkpoints import (load_manifest, manifest_names,
+from mmconv.formats import FORMATS, format_names
+from mmconv.formats.detr import (COCO_CATEGORY_IDS, keep_objectness_rows,
+                                 remap_coco_classes)
+from mmconv.pipeline import convert_checkpoint
+
+#: tools/model_converters/detr_family2mmdet.py
+main = partial(preset_main, 'detr_family2mmdet')
+from tests.fixtures.detr_checkpoints import (CASES, build_detector,
+                                             load_manifest, manifest_names,
                                              synthesize_checkpoint)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUTS = os.path.join(ROOT, 'tests', 'fixtures', 'detr_outputs')
-FAMILY = os.path.join(ROOT, 'configs', 'detr_family')
-
-#: manifest -> (format, config to build, MMDetection keys left at init)
-CASES = {
-    'detr_r50': ('detr', 'mmdet::detr/detr_r50_8xb2-150e_coco.py', set()),
-    'detr_r101': ('detr', 'mmdet::detr/detr_r101_8xb2-500e_coco.py', set()),
-    'deformable_detr_r50': (
-        'deformable_detr',
-        os.path.join(FAMILY, 'deformable-detr_r50_official_coco.py'), set()),
-    'deformable_detr_refine_r50': (
-        'deformable_detr',
-        os.path.join(FAMILY, 'deformable-detr-refine_r50_official_coco.py'),
-        set()),
-    'deformable_detr_refine_twostage_r50': (
-        'deformable_detr',
-        os.path.join(FAMILY,
-                     'deformable-detr-refine-twostage_r50_official_coco.py'),
-        set()),
-    'conditional_detr_r50': (
-        'conditional_detr',
-        'mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py',
-        set()),
-    'dn_deformable_detr_r50': (
-        'dn_deformable_detr',
-        os.path.join(FAMILY, 'dn-deformable-detr-refine_r50_official_coco.py'),
-        {'query_embedding.weight', 'reference_points_fc.weight',
-         'reference_points_fc.bias'}),
-}
-_MODELS = {}
-
-
-def _build(config):
-    """The MMDetection model of ``config`` (built once per session)."""
-    if config not in _MODELS:
-        from mmengine.config import Config
-        from mmengine.hub import get_config
-        from mmengine.registry import init_default_scope
-        from mmdet.registry import MODELS
-        from mmdet.utils import register_all_modules
-        register_all_modules()
-        init_default_scope('mmdet')
-        cfg = (get_config(config) if config.startswith('mmdet::')
-               else Config.fromfile(config))
-        torch.manual_seed(0)
-        _MODELS[config] = MODELS.build(cfg.model).eval()
-    return _MODELS[config]
-
 
 @pytest.fixture(scope='module')
 def converted(module_tmp_path):
@@ -112,9 +72,9 @@ def test_auto_detection(name):
     """Sentinel keys name the format; mmconv's ResNet detection does not
     claim any DETR-family checkpoint."""
     ckpt = synthesize_checkpoint(load_manifest(name))
-    assert detect_detr_format(ckpt['model']).name == CASES[name][0]
+    assert detect_format(ckpt['model']).name == CASES[name][0]
     with pytest.raises(UnknownFormatError):
-        detect_format(ckpt)
+        detect_format(ckpt['model'], family='resnet')
 
 
 def test_resnet_checkpoints_are_not_detr():
@@ -122,7 +82,7 @@ def test_resnet_checkpoints_are_not_detr():
     import torchvision
     sd = torchvision.models.resnet18().state_dict()
     with pytest.raises(UnknownFormatError):
-        detect_detr_format(sd)
+        detect_format(sd, family='detr')
     assert detect_format(sd).name == 'torchvision'
 
 
@@ -135,7 +95,7 @@ def test_converts_and_loads_strictly(name, converted):
     except the classifier rows (remapped)."""
     fmt, config, left_at_init = CASES[name]
     ckpt, out = converted(name)
-    model = _build(config)
+    model = build_detector(config)
     sd = out['state_dict']
     result = model.load_state_dict(sd, strict=False)
     assert result.unexpected_keys == []
@@ -143,7 +103,7 @@ def test_converts_and_loads_strictly(name, converted):
     if not left_at_init:
         model.load_state_dict(sd, strict=True)
     # every tensor accounted for
-    conv = convert_detr_checkpoint(ckpt)
+    conv = convert_checkpoint(ckpt)
     rep = conv.report
     assert (len(rep.kept) + len(rep.aliases) + len(rep.dropped)
             == len(ckpt['model']))
@@ -168,14 +128,14 @@ def test_neck_bias_is_reported_not_dropped(name, converted):
     needs bias=True; MMDetection's default neck (bias='auto') would see
     exactly these four tensors as unexpected."""
     ckpt, out = converted(name)
-    conv = convert_detr_checkpoint(ckpt)
+    conv = convert_checkpoint(ckpt)
     assert any("bias=True" in n for n in conv.notes)
     assert any("bias=True" in n for n in out['meta']['notes'])
     biases = {k for k in out['state_dict']
               if k.startswith('neck.') and k.endswith('conv.bias')}
     assert biases == {'neck.convs.0.conv.bias', 'neck.convs.1.conv.bias',
                       'neck.convs.2.conv.bias', 'neck.extra_convs.0.conv.bias'}
-    default = _build('mmdet::deformable_detr/'
+    default = build_detector('mmdet::deformable_detr/'
                      'deformable-detr_r50_16xb2-50e_coco.py')
     assert not any(k in default.state_dict() for k in biases)
 
@@ -186,7 +146,7 @@ def test_deformable_aliases_are_one_tensor():
     for name, n_alias in (('deformable_detr_refine_r50', 36),
                           ('deformable_detr_refine_twostage_r50', 56)):
         manifest = load_manifest(name)
-        rep = convert_detr_checkpoint(synthesize_checkpoint(manifest)).report
+        rep = convert_checkpoint(synthesize_checkpoint(manifest)).report
         assert len(rep.aliases) == n_alias
         # the keys the official code registers a second time, as recorded
         assert {r.old for r in rep.aliases} == set(manifest['aliases'])
@@ -194,7 +154,7 @@ def test_deformable_aliases_are_one_tensor():
     # plain: one Linear/MLP registered as class_embed.0..5 -> one tensor per
     # MMDetection branch (MMDetection shares them the same way)
     ckpt = synthesize_checkpoint(load_manifest('deformable_detr_r50'))
-    sd = convert_detr_checkpoint(ckpt).state_dict
+    sd = convert_checkpoint(ckpt).state_dict
     ptrs = {sd[f'bbox_head.cls_branches.{i}.weight'].data_ptr()
             for i in range(6)}
     assert len(ptrs) == 1
@@ -206,14 +166,14 @@ def test_different_tensors_under_alias_names_collide():
     key = 'transformer.decoder.bbox_embed.0.layers.0.weight'
     ckpt['model'][key] = ckpt['model'][key].clone() + 1
     with pytest.raises(ConversionError):
-        convert_detr_checkpoint(ckpt)
+        convert_checkpoint(ckpt)
 
 
 def test_dn_not_carried_is_explicit():
     """DN-Deformable-DETR: each tensor without an MMDetection equivalent is
     dropped with a 'NOT carried' reason and named in the notes."""
     ckpt = synthesize_checkpoint(load_manifest('dn_deformable_detr_r50'))
-    conv = convert_detr_checkpoint(ckpt)
+    conv = convert_checkpoint(ckpt)
     dropped = {r.old for r in conv.report.dropped}
     assert dropped == {
         'label_enc.weight', 'tgt_embed.weight', 'refpoint_embed.weight',
@@ -223,8 +183,8 @@ def test_dn_not_carried_is_explicit():
     assert all(r.reason.startswith('NOT carried') for r in
                conv.report.dropped)
     assert any('no exact MMDetection equivalent' in n for n in conv.notes)
-    assert conv.variant['with_box_refine'] and not conv.variant[
-        'as_two_stage']
+    variant = conv.meta['variant']
+    assert variant['with_box_refine'] and not variant['as_two_stage']
 
 
 def test_class_remapping():
@@ -245,7 +205,7 @@ def test_class_remapping():
 def test_keep_classes_and_unknown_layout(tmp_path):
     """--keep-classes keeps the rows; an unrelated file exits with code 5."""
     ckpt = synthesize_checkpoint(load_manifest('conditional_detr_r50'))
-    conv = convert_detr_checkpoint(ckpt, keep_classes=True)
+    conv = convert_checkpoint(ckpt, keep_classes=True)
     assert conv.state_dict['bbox_head.fc_cls.weight'].shape[0] == 91
     bad = tmp_path / 'r18.pth'
     import torchvision
@@ -337,7 +297,7 @@ def test_wrong_from_names_the_file_and_the_right_format(tmp_path, capsys):
     torch.save(torchvision.models.resnet18().state_dict(), r18)
     assert main([str(r18), str(tmp_path / 'o.pth'), '--from', 'detr']) == 5
     err = capsys.readouterr().err
-    assert str(r18) in err and 'not a DETR-family checkpoint' in err
+    assert str(r18) in err and '--from torchvision' in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / 'o.pth').exists()
 
@@ -367,7 +327,7 @@ def test_outputs_match_the_official_model(name, converted):
     (in MMDetection's class order) and boxes."""
     rec = _official(name)
     _, out = converted(name)
-    model = _build(CASES[name][1])
+    model = build_detector(CASES[name][1])
     model.load_state_dict(out['state_dict'], strict=True)
     image = torch.randn(*rec['input']['shape'], generator=torch.Generator()
                         .manual_seed(rec['input']['generator_seed']))
@@ -391,11 +351,14 @@ def test_outputs_match_the_official_model(name, converted):
                                    rtol=1e-3, atol=1e-6)
 
 
-def test_formats_do_not_touch_the_resnet_table():
-    """DETR formats live in their own table."""
-    from mmconv.formats import FORMATS
-    assert not set(DETR_FORMATS) & set(FORMATS)
-    assert tuple(DETR_FORMATS) == DETR_FORMAT_NAMES
+def test_detr_formats_are_one_family_of_the_registry():
+    """The DETR formats are declarations of the one registry, family
+    'detr', strict (no tensor outside the table is silently dropped)."""
+    names = format_names('detr')
+    assert names == ('dn_deformable_detr', 'deformable_detr',
+                     'conditional_detr', 'detr')
+    assert all(FORMATS[n].strict for n in names)
+    assert {c[0] for c in CASES.values()} == set(names)
 
 
 def test_mmengine_load_checkpoint_strict(tmp_path):
@@ -407,7 +370,7 @@ def test_mmengine_load_checkpoint_strict(tmp_path):
     src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
     torch.save(synthesize_checkpoint(load_manifest(name)), src)
     assert main([str(src), str(dst), '--from', 'deformable_detr']) == 0
-    model = _build(CASES[name][1])
+    model = build_detector(CASES[name][1])
     load_checkpoint(model, str(dst), map_location='cpu', strict=True)
     out = load_file(str(dst))
     for key, value in out['state_dict'].items():

@@ -107,7 +107,7 @@ def test_wrong_method_and_unrelated_checkpoint_raise(tmp_path):
     path, _ = _moco_file(tmp_path, model)
     m = TinyBackbone(init_cfg=dict(type='SelfSupPretrained',
                                    checkpoint=str(path), method='swav'))
-    with pytest.raises(ConversionError, match='no backbone tensor'):
+    with pytest.raises(ConversionError, match='no ResNet backbone tensor'):
         m.init_weights()
     other = tmp_path / 'other.pth'
     torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(9, 9)}},
@@ -165,3 +165,58 @@ def test_url_scheme_through_mmengine(tmp_path, monkeypatch):
                        sd['module.encoder_q.stem.conv1.weight'])
     cached = [f for _, _, fs in os.walk(tmp_path / 'torch_home') for f in fs]
     assert path.name in cached
+
+
+def test_own_layout_loads_as_pretrained_would(tmp_path):
+    """A file holding exactly the module's own keys (no registered format
+    fits a TinyBackbone) ends with the file's weights, as with MMEngine's
+    Pretrained, although the child has its own init_cfg; the same file
+    through Pretrained gives the same weights."""
+    torch.manual_seed(1)
+    saved = {k: torch.randn_like(v.float()).to(v.dtype)
+             if v.is_floating_point() else v.clone()
+             for k, v in TinyBackbone().state_dict().items()}
+    path = tmp_path / 'own.pth'
+    torch.save({'state_dict': saved, 'meta': {}}, path)
+    results = []
+    for kind in ('SelfSupPretrained', 'Pretrained'):
+        model = TinyBackbone(init_cfg=dict(type=kind, checkpoint=str(path)))
+        model.init_weights()
+        results.append(model.state_dict())
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, saved[k]), (kind, k)
+    assert all(torch.equal(results[0][k], results[1][k]) for k in saved)
+
+
+def test_own_layout_with_too_few_keys_raises(tmp_path):
+    """Own-layout files obey min_coverage like converted ones."""
+    model = TinyBackbone()
+    sd = {'layer1.weight': torch.zeros(4, 4, 1, 1)}
+    path = tmp_path / 'part.pth'
+    torch.save(sd, path)
+    init = mmconv.SelfSupPretrainedInit(checkpoint=str(path))
+    with pytest.raises(ConversionError, match="own layout"):
+        init(model)
+
+
+def test_safetensors_through_pretrained_and_load_from(tmp_path):
+    """A .safetensors output works in init_cfg through SelfSupPretrained
+    and through MMEngine's Pretrained and load_checkpoint (load_from), as
+    the README claims."""
+    from mmengine.runner.checkpoint import load_checkpoint
+
+    from mmconv.cli import main
+    model = TinyBackbone()
+    path, sd = _moco_file(tmp_path, model)
+    dst = tmp_path / 'tiny.safetensors'
+    assert main(['convert', str(path), str(dst), '--from', 'moco']) == 0
+    expected = {k[len('module.encoder_q.'):]: v for k, v in sd.items()
+                if k.startswith('module.encoder_q.')}
+    for kind in ('SelfSupPretrained', 'Pretrained'):
+        m = TinyBackbone(init_cfg=dict(type=kind, checkpoint=str(dst)))
+        m.init_weights()
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, expected[k]), (kind, k)
+    m = TinyBackbone()
+    load_checkpoint(m, str(dst), map_location='cpu', strict=True)
+    assert torch.equal(m.layer1.weight, expected['layer1.weight'])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mmconv import ConversionError, load_file
-from mmconv.cli import selfsup2mmdet_main
+from mmconv.cli import preset_main
 from tests.fixtures.mmpretrain_layouts import MMPRETRAIN_BUILDERS
 from tests.fixtures.official_layouts import (ALL_BUILDERS, Layout,
                                              build_dino_student, save_layout)
@@ -56,8 +56,8 @@ def _layout(i: int) -> Layout:
 
 
 def _layout_id(i: int) -> str:
-    layout = _layout(i)
-    return f'{layout.name}-{layout.variant}'
+    """The builder's name (collection builds nothing)."""
+    return BUILDERS[i].__name__.replace('build_', '').lstrip('_')
 
 
 def _mask_rcnn_cfg():
@@ -101,7 +101,7 @@ def test_cli_auto_and_explicit_load_strictly(i, tmp_path, backbone):
     src = save_layout(layout, str(tmp_path))
     for args in ([], ['--selfsup', layout.name]):
         dst = tmp_path / f'out{len(args)}.pth'
-        assert selfsup2mmdet_main([src, str(dst)] + args) == 0
+        assert preset_main('selfsup2mmdet', [src, str(dst)] + args) == 0
         # MMEngine's loader, torch's default weights_only=True
         ckpt = load_checkpoint(backbone, str(dst), strict=True,
                                logger='silent')
@@ -141,7 +141,7 @@ def test_initializer_on_raw_file_equals_cli(i, tmp_path):
     model.init_weights()
     _assert_backbone_equals(model.backbone.state_dict(), layout)
     dst = tmp_path / 'cli.pth'
-    assert selfsup2mmdet_main([src, str(dst)]) == 0
+    assert preset_main('selfsup2mmdet', [src, str(dst)]) == 0
     cli = load_file(str(dst))['state_dict']
     for k, v in model.backbone.state_dict().items():
         assert torch.equal(cli[k], v), k
@@ -196,7 +196,7 @@ def test_hook_fails_when_pretrained_loaded_nothing(tmp_path):
     layout = _find('moco')
     src = save_layout(layout, str(tmp_path))
     converted = str(tmp_path / 'converted.pth')
-    assert selfsup2mmdet_main([src, converted]) == 0
+    assert preset_main('selfsup2mmdet', [src, converted]) == 0
     for init, ok in ((dict(type='Pretrained', checkpoint=src), False),
                      (dict(type='SelfSupPretrained', checkpoint=src), True),
                      (dict(type='Pretrained', checkpoint=converted), True)):
@@ -227,7 +227,7 @@ def test_stage_outputs_equal_torchvision(tmp_path, backbone):
     layout = _find('moco', 'v2')
     src = save_layout(layout, str(tmp_path))
     dst = tmp_path / 'out.pth'
-    assert selfsup2mmdet_main([src, str(dst), '--selfsup', 'moco']) == 0
+    assert preset_main('selfsup2mmdet', [src, str(dst), '--selfsup', 'moco']) == 0
     load_checkpoint(backbone, str(dst), strict=True, logger='silent')
     ref = torchvision.models.resnet50()
     ref.load_state_dict({**layout.backbone, 'fc.weight': ref.fc.weight,
@@ -256,7 +256,7 @@ def test_mmdet_selfsup2mmdet_behaviour(tmp_path):
     moco = _find('moco', 'v2')
     theirs = mmdet_convert(moco.checkpoint)
     src = save_layout(moco, str(tmp_path))
-    assert selfsup2mmdet_main([src, str(tmp_path / 'o.pth'),
+    assert preset_main('selfsup2mmdet', [src, str(tmp_path / 'o.pth'),
                                '--selfsup', 'moco']) == 0
     ours = load_file(str(tmp_path / 'o.pth'))['state_dict']
     assert set(theirs) - set(ours) == {k for k in theirs
@@ -267,7 +267,7 @@ def test_mmdet_selfsup2mmdet_behaviour(tmp_path):
         'state_dict': swav.checkpoint}
     assert mmdet_convert(ckpt) == {}
     src = save_layout(swav, str(tmp_path))
-    assert selfsup2mmdet_main([src, str(tmp_path / 's.pth'),
+    assert preset_main('selfsup2mmdet', [src, str(tmp_path / 's.pth'),
                                '--selfsup', 'swav']) == 0
 
 
@@ -276,7 +276,7 @@ def test_dino_student_on_request(tmp_path):
     layout = _find('dino', 'teacher')
     student = build_dino_student()
     src = save_layout(layout, str(tmp_path))
-    assert selfsup2mmdet_main([src, str(tmp_path / 's.pth'),
+    assert preset_main('selfsup2mmdet', [src, str(tmp_path / 's.pth'),
                                '--select', 'student']) == 0
     got = load_file(str(tmp_path / 's.pth'))['state_dict']
     assert all(torch.equal(got[k], v) for k, v in student.backbone.items())
@@ -329,6 +329,7 @@ def _dist_worker(rank, world, src, port, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ranks_identical(tmp_path):
     """Two gloo ranks: identical backbones, equal to the source."""
     import socket

@@ -14,12 +14,18 @@ VENV="${MMCONV_VENV:-$ROOT/.venv}"
 CACHE="${MMCONV_CACHE:-$HOME/.cache/mmconv}"
 WHEELS="$CACHE/wheels"
 PY="${PYTHON:-python3}"
-STAMP_VERSION="stack-v1"   # bump when the pins below change
+STAMP_VERSION="stack-v2"   # bump when requirements/*.txt change
 
-TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-BUILD_PINS=("setuptools>=77,<81" wheel ninja "numpy<2" packaging)
-STACK_PINS=(mmengine==0.10.7 mmdet==3.3.0 mmpretrain==1.2.0 "numpy<2"
-            pytest hypothesis safetensors)
+# The pins live in requirements/reference.txt (setup.py reads it too).
+pin() { grep -E "^$1([=<>]|$)" "$ROOT/requirements/reference.txt" | head -n1; }
+TORCH_PINS=("$(pin torch)" "$(pin torchvision)")
+MMCV_VERSION="$(pin mmcv | sed 's/^mmcv==//')"
+TORCH_VERSION="$(pin torch | sed 's/^torch==//')"
+BUILD_PINS=("setuptools>=77,<81" wheel ninja "$(pin numpy)" packaging)
+STACK_PINS=("$(pin mmengine)" "$(pin mmdet)" "$(pin mmpretrain)" "$(pin numpy)")
+# test tools; timm (a test-only reference model zoo) without its deps
+TEST_PINS=($(grep -Ev '^(#|timm|$)' "$ROOT/requirements/tests.txt"))
+TIMM_PIN="$(grep -E '^timm' "$ROOT/requirements/tests.txt")"
 
 step() { printf '\n[mmconv setup] %s\n' "$*"; }
 fail() { printf '\n[mmconv setup] FAILED: %s\n' "$*" >&2; exit 1; }
@@ -45,37 +51,39 @@ step "build requirements (${BUILD_PINS[*]})"
 
 mkdir -p "$WHEELS"
 TAG="$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
-TORCH_TAG="torch2.14.1"
-MMCV_DIR="$WHEELS/mmcv-2.1.0-$TORCH_TAG-$TAG-$(uname -m)"
-MMCV_WHEEL="$(ls "$MMCV_DIR"/mmcv-2.1.0-*.whl 2>/dev/null | head -n1 || true)"
+TORCH_TAG="torch$TORCH_VERSION"
+MMCV_DIR="$WHEELS/mmcv-$MMCV_VERSION-$TORCH_TAG-$TAG-$(uname -m)"
+MMCV_WHEEL="$(ls "$MMCV_DIR"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
 if [[ -z "$MMCV_WHEEL" ]]; then
-  step "building mmcv==2.1.0 with ops from source (one time, ~10 min; cached in $MMCV_DIR)"
+  step "building mmcv==$MMCV_VERSION with ops from source (one time, ~10 min; cached in $MMCV_DIR)"
   tmp="$(mktemp -d "$WHEELS/.build.XXXXXX")"
   MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
   CC="$ROOT/tools/env/cxx20" CXX="$ROOT/tools/env/cxx20" \
     "${PIP[@]}" wheel --no-build-isolation --no-deps --no-binary mmcv \
-      -w "$tmp" mmcv==2.1.0 > "$tmp/build.log" 2>&1 \
-    || { tail -n 40 "$tmp/build.log" >&2; fail "building mmcv 2.1.0 (full log: $tmp/build.log)"; }
+      -w "$tmp" "mmcv==$MMCV_VERSION" > "$tmp/build.log" 2>&1 \
+    || { tail -n 40 "$tmp/build.log" >&2; fail "building mmcv $MMCV_VERSION (full log: $tmp/build.log)"; }
   mkdir -p "$MMCV_DIR"
-  mv "$tmp"/mmcv-2.1.0-*.whl "$MMCV_DIR"/ && rm -rf "$tmp"
-  MMCV_WHEEL="$(ls "$MMCV_DIR"/mmcv-2.1.0-*.whl | head -n1)"
+  mv "$tmp"/mmcv-"$MMCV_VERSION"-*.whl "$MMCV_DIR"/ && rm -rf "$tmp"
+  MMCV_WHEEL="$(ls "$MMCV_DIR"/mmcv-"$MMCV_VERSION"-*.whl | head -n1)"
 else
   step "reusing cached mmcv wheel $MMCV_WHEEL"
 fi
 "${PIP[@]}" install -q --no-deps "$MMCV_WHEEL" || fail "installing $MMCV_WHEEL"
-"${PIP[@]}" install -q addict pyyaml yapf opencv-python "mmengine==0.10.7" \
+"${PIP[@]}" install -q addict pyyaml yapf opencv-python "$(pin mmengine)" \
   || fail "installing mmcv runtime requirements"
 
-step "OpenMMLab stack (${STACK_PINS[*]})"
-"${PIP[@]}" install -q "${STACK_PINS[@]}" "$MMCV_WHEEL" || fail "installing ${STACK_PINS[*]}"
+step "OpenMMLab stack (${STACK_PINS[*]}) and test tools (${TEST_PINS[*]} $TIMM_PIN)"
+"${PIP[@]}" install -q "${STACK_PINS[@]}" "${TEST_PINS[@]}" "$MMCV_WHEEL" \
+  || fail "installing ${STACK_PINS[*]} ${TEST_PINS[*]}"
+"${PIP[@]}" install -q --no-deps "$TIMM_PIN" || fail "installing $TIMM_PIN"
 # openmim pins setuptools down; install it last so the mmcv build is unaffected.
-"${PIP[@]}" install -q openmim==0.3.9 "numpy<2" || fail "installing openmim==0.3.9"
+"${PIP[@]}" install -q openmim==0.3.9 "$(pin numpy)" || fail "installing openmim==0.3.9"
 
 step "mmconv (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT" || fail "pip install -e $ROOT"
 
 "$VENV/bin/python" - <<'PY' || fail "the installed stack does not import"
-import torch, torchvision, mmengine, mmcv, mmdet, mmpretrain
+import torch, torchvision, mmengine, mmcv, mmdet, mmpretrain, timm
 from mmcv.ops import RoIAlign, nms  # proves mmcv was built with ops
 import numpy
 assert int(numpy.__version__.split('.')[0]) < 2, f'numpy {numpy.__version__}: need numpy<2'

@@ -12,13 +12,9 @@ completes FrozenBN statistics so MMDetection's BN computes what detectron2
 computes, and prints the ``data_preprocessor``/``backbone`` config to use.
 ``--to torchvision`` writes a torchvision state dict instead.
 """
-import os
 import sys
 
-os.environ['MMCONV_NO_MMENGINE_REGISTRY'] = '1'
-from mmconv.d2cli import d2_to_mmdet_main  # noqa: E402
-
-del os.environ['MMCONV_NO_MMENGINE_REGISTRY']
+from mmconv.cli import preset_main
 
 if __name__ == '__main__':
-    sys.exit(d2_to_mmdet_main())
+    sys.exit(preset_main('d2_to_mmdet'))

@@ -14,15 +14,9 @@ The report names the config to build; load the output with
 ``load_from='DST'``. Deformable DETR family: use
 ``configs/detr_family/*_official_coco.py`` (neck ``bias=True``).
 """
-import os
 import sys
 
-# A converter script builds no MMEngine objects: skip registering mmconv's
-# initializer/hook with MMEngine (saves importing MMEngine at start-up).
-os.environ['MMCONV_NO_MMENGINE_REGISTRY'] = '1'
-from mmconv.detr_cli import main  # noqa: E402
-
-del os.environ['MMCONV_NO_MMENGINE_REGISTRY']
+from mmconv.cli import preset_main
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(preset_main('detr_family2mmdet'))

@@ -10,13 +10,9 @@ MMDetection does not record the backbone's style: pass ``--style caffe`` for
 backbones trained with ``style='caffe'`` (torchvision's Bottleneck strides in
 the 3x3 conv, so such a backbone is not equivalent there; the command warns).
 """
-import os
 import sys
 
-os.environ['MMCONV_NO_MMENGINE_REGISTRY'] = '1'
-from mmconv.d2cli import mmdet2torchvision_main  # noqa: E402
-
-del os.environ['MMCONV_NO_MMENGINE_REGISTRY']
+from mmconv.cli import preset_main
 
 if __name__ == '__main__':
-    sys.exit(mmdet2torchvision_main())
+    sys.exit(preset_main('mmdet2torchvision'))

@@ -13,13 +13,9 @@ yaml and LazyConfig/detrex. ``--from`` takes any mmconv format (moco, swav,
 densecl, dino, mmpretrain, mmdet, ...); ``--keep-fc`` keeps the classifier as
 ``stem.fc.*`` like detectron2's script.
 """
-import os
 import sys
 
-os.environ['MMCONV_NO_MMENGINE_REGISTRY'] = '1'
-from mmconv.d2cli import torchvision2d2_main  # noqa: E402
-
-del os.environ['MMCONV_NO_MMENGINE_REGISTRY']
+from mmconv.cli import preset_main
 
 if __name__ == '__main__':
-    sys.exit(torchvision2d2_main())
+    sys.exit(preset_main('torchvision2d2'))

@@ -1,6 +1,6 @@
 # MoCo v2 Mask R-CNN R50-FPN 1x with SyncBN in the backbone, FPN and heads
 # (4conv1fc box head), as MoCo's detection recipe uses.
-_base_ = './mask-rcnn_r50-mocov2-pre_fpn_1x_coco.py'
+_base_ = './mask-rcnn_r50-mocov2-selfsup-raw-pre_fpn_1x_coco.py'
 
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(

@@ -2,7 +2,7 @@
 # recipe: SyncBN, frozen_stages=0, norm_eval=False), initialised from the raw
 # file through mmconv. Point checkpoint= at your file:
 #   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-_base_ = './mask-rcnn_r50-mocov2-pre_fpn_1x_coco.py'
+_base_ = './mask-rcnn_r50-mocov2-selfsup-raw-pre_fpn_1x_coco.py'
 
 model = dict(
     backbone=dict(

@@ -25,13 +25,14 @@ How each tensor is converted:
 * **Renames** are data: one ordered ``(regex, replacement or None, reason)``
   table per format (:data:`DETR_RULES`, :data:`DEFORMABLE_DETR_RULES`,
   :data:`CONDITIONAL_DETR_RULES`, :data:`DN_DEFORMABLE_DETR_RULES`), applied by
-  :func:`mmconv.convert.convert_state_dict` (first match wins; ``None`` drops
-  the tensor with its reason). Shared groups: backbone (``backbone.0.body.``
+  the pipeline (first match wins; ``None`` drops the tensor with its
+  reason); a tensor outside the table is an error (``strict``). Shared groups: backbone (``backbone.0.body.``
   -> MMDetection ``ResNet``), input projection (``input_proj`` ->
   ``ChannelMapper`` neck), level/query embeddings, transformer layers
   (``linear1/linear2`` -> ``ffn.layers.0.0/ffn.layers.1``, ``normK`` ->
   ``norms.J`` in the order MMDetection applies them), heads.
-* **Tensor surgery** is in named functions, listed in :data:`SURGERY`:
+* **Tensor surgery** is in named functions in each format's ``surgery``
+  (:func:`record_variant`, :func:`detr_classes`, ...):
   :func:`remap_coco_classes` turns the classifier of the original COCO id
   space (91 rows, ids 0..90, or 92 with DETR's no-object row last) into
   MMDetection's 80 contiguous classes, keeping the no-object row last where
@@ -76,27 +77,21 @@ branches. Not carried (listed as dropped with these reasons):
 MMDetection's ``query_embedding`` and ``reference_points_fc`` stay at their
 initialisation, so the result needs fine-tuning before it detects anything.
 """
-import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
 
-import torch
+from ..spec import Family, Rule, SourceFormat, register
 
-from .arch import check_resnet
-from .containers import unwrap
-from .convert import ConversionResult, convert_state_dict
-from .detect import Detection
-from .errors import ConversionError, UnknownFormatError
-from .formats import Format, Rule
-from .report import ConversionReport
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..pipeline import Conversion, Request
 
 __all__ = [
     'COCO_CATEGORY_IDS', 'DETR_RULES', 'DEFORMABLE_DETR_RULES',
-    'CONDITIONAL_DETR_RULES', 'DN_DEFORMABLE_DETR_RULES', 'DETR_FORMATS',
-    'SURGERY', 'DetrConversion', 'remap_coco_classes', 'keep_objectness_rows', 'detect_detr_format',
-    'detr_variant', 'convert_detr_state_dict', 'convert_detr_checkpoint',
-    'convert_detr_file', 'build_detr_output', 'WrittenDetr'
+    'CONDITIONAL_DETR_RULES', 'DN_DEFORMABLE_DETR_RULES', 'DETR_FAMILY',
+    'DETR_FORMATS', 'remap_coco_classes', 'keep_objectness_rows',
+    'detr_variant'
 ]
 
 #: The 80 COCO category ids that MMDetection's ``CocoDataset`` numbers
@@ -230,47 +225,11 @@ DN_NOT_CARRIED: Tuple[Rule, ...] = (
 DN_DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = DN_NOT_CARRIED + DEFORMABLE_DETR_RULES
 # fmt: on
 
-_TOP = ('model', )
 
-DETR_FORMATS: Dict[str, Format] = {f.name: f for f in (
-    Format('dn_deformable_detr', 'DN-Deformable-DETR (DN-DAB-Deformable-DETR)',
-           rules=DN_DEFORMABLE_DETR_RULES,
-           sentinels=(r'^refpoint_embed\.weight$', r'^transformer\.level_embed$'),
-           containers=_TOP,
-           source='IDEA-Research/DN-DETR: main.py -m dn_dab_deformable_detr saves '
-           '{model, optimizer, lr_scheduler, epoch, args}'),
-    Format('deformable_detr', 'Deformable DETR',
-           rules=DEFORMABLE_DETR_RULES,
-           sentinels=(r'^transformer\.level_embed$',
-                      r'^transformer\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$'),
-           containers=_TOP,
-           released=('r50_deformable_detr-checkpoint.pth',
-                     'r50_deformable_detr_plus_iterative_bbox_refinement-checkpoint.pth',
-                     'r50_deformable_detr_plus_iterative_bbox_refinement_plus_plus_two_stage-checkpoint.pth'),
-           source='fundamentalvision/Deformable-DETR: main.py saves {model, optimizer, '
-           'lr_scheduler, epoch, args}'),
-    Format('conditional_detr', 'Conditional DETR',
-           rules=CONDITIONAL_DETR_RULES,
-           sentinels=(r'^transformer\.decoder\.layers\.0\.ca_qpos_sine_proj\.weight$',
-                      r'^class_embed\.weight$'),
-           containers=_TOP,
-           released=('ConditionalDETR_r50_epoch50.pth', 'ConditionalDETR_r101_epoch50.pth'),
-           source='Atten4Vis/ConditionalDETR: main.py saves {model, optimizer, '
-           'lr_scheduler, epoch, args}'),
-    Format('detr', 'DETR',
-           rules=DETR_RULES,
-           sentinels=(r'^transformer\.decoder\.layers\.0\.multihead_attn\.in_proj_weight$',
-                      r'^class_embed\.weight$', r'^input_proj\.weight$'),
-           containers=_TOP,
-           released=('detr-r50-e632da11.pth', 'detr-r101-2c7b67e5.pth'),
-           source='facebookresearch/detr: main.py saves {model, optimizer, '
-           'lr_scheduler, epoch, args}; released files {model}'),
-)}
 
 # --- tensor surgery ------------------------------------------------------------
-
-
-def remap_coco_classes(tensor: torch.Tensor, no_object: bool) -> torch.Tensor:
+def remap_coco_classes(tensor: 'torch.Tensor', no_object: bool
+                       ) -> 'torch.Tensor':
     """Classifier rows of the 91-id COCO space -> MMDetection's 80 classes.
 
     The official models classify category *ids* (``num_classes = 91``: rows
@@ -294,6 +253,9 @@ def remap_coco_classes(tensor: torch.Tensor, no_object: bool) -> torch.Tensor:
         >>> remap_coco_classes(torch.arange(92.), no_object=True)[[0, 11, 80]]
         tensor([ 1., 13., 91.])
     """
+    import torch
+
+    from ..errors import ConversionError
     rows = COCO_NUM_IDS + int(no_object)
     if tensor.shape[0] != rows:
         raise ConversionError(
@@ -305,24 +267,7 @@ def remap_coco_classes(tensor: torch.Tensor, no_object: bool) -> torch.Tensor:
     return tensor[torch.tensor(index)].clone()
 
 
-#: Value changes applied after renaming: ``(format, output-key regex,
-#: function name, what it does)``. DETRHead is softmax over 80 + no-object;
-#: the other heads are sigmoid over 80 classes with no no-object row.
-# fmt: off
-SURGERY: Tuple[Tuple[str, str, str, str], ...] = (
-    # two-stage: the last branch (index = decoder layers) scores encoder
-    # proposals by its row 0 only, trained class-agnostically (all labels 0)
-    # by both codes: that row must stay row 0, not be remapped as a class.
-    ('deformable_detr',    r'^bbox_head\.cls_branches\.{proposal}\.(weight|bias)$', 'keep_objectness_rows', 'two-stage proposal classifier: row 0 (class-agnostic objectness, the only row either code uses) stays row 0; rows 0..79 kept by position'),
-    ('detr',               r'^bbox_head\.fc_cls\.(weight|bias)$',             'remap_coco_classes(no_object=True)',  '92 COCO-id rows -> 80 classes + no-object last (DETRHead, softmax)'),
-    ('conditional_detr',   r'^bbox_head\.fc_cls\.(weight|bias)$',             'remap_coco_classes(no_object=False)', '91 COCO-id rows -> 80 classes (ConditionalDETRHead, sigmoid)'),
-    ('deformable_detr',    r'^bbox_head\.cls_branches\.\d+\.(weight|bias)$', 'remap_coco_classes(no_object=False)', '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)'),
-    ('dn_deformable_detr', r'^bbox_head\.cls_branches\.\d+\.(weight|bias)$', 'remap_coco_classes(no_object=False)', '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)'),
-)
-# fmt: on
-
-
-def keep_objectness_rows(tensor: torch.Tensor) -> torch.Tensor:
+def keep_objectness_rows(tensor: 'torch.Tensor') -> 'torch.Tensor':
     """Two-stage proposal classifier (91 rows) -> 80 rows by position.
 
     Deformable DETR's two-stage encoder branch is trained with every label
@@ -333,6 +278,7 @@ def keep_objectness_rows(tensor: torch.Tensor) -> torch.Tensor:
         >>> keep_objectness_rows(torch.arange(91.))[:3]
         tensor([0., 1., 2.])
     """
+    from ..errors import ConversionError
     if tensor.shape[0] != COCO_NUM_IDS:
         raise ConversionError(
             f'two-stage proposal classifier has {tensor.shape[0]} rows, not '
@@ -340,47 +286,73 @@ def keep_objectness_rows(tensor: torch.Tensor) -> torch.Tensor:
     return tensor[:len(COCO_CATEGORY_IDS)].clone()
 
 
-_SURGERY_FUNCS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    'keep_objectness_rows': keep_objectness_rows,
-    'remap_coco_classes(no_object=True)':
-    lambda t: remap_coco_classes(t, no_object=True),
-    'remap_coco_classes(no_object=False)':
-    lambda t: remap_coco_classes(t, no_object=False),
-}
-
-# --- detection -------------------------------------------------------------------
-
-
-def detect_detr_format(keys) -> Detection:
-    """Name the DETR-family format of a state dict from sentinel keys.
-
-    Args:
-        keys: Keys of ``checkpoint['model']``.
-
-    Returns:
-        Detection: The format and the keys that decided it.
-
-    Raises:
-        UnknownFormatError: If no DETR-family format matches.
-    """
-    keys = list(keys)
-    for fmt in DETR_FORMATS.values():
-        hits = []
-        for sentinel in fmt.sentinels:
-            pattern = re.compile(sentinel)
-            hit = next((k for k in keys if pattern.search(k)), None)
-            if hit is None:
-                break
-            hits.append(hit)
-        else:
-            return Detection(fmt.name, f'{fmt.title}: found ' +
-                             ', '.join(repr(h) for h in hits))
-    raise UnknownFormatError(
-        'not a DETR-family checkpoint (first keys: ' +
-        ', '.join(repr(k) for k in keys[:5]) + '); supported: ' +
-        ', '.join(DETR_FORMATS) + ' — pass --from explicitly for a variant')
+def _change(conv: 'Conversion', pattern: str,
+            func: Callable[['torch.Tensor'], 'torch.Tensor'], name: str,
+            what: str) -> None:
+    """Apply ``func`` to every output tensor whose key matches ``pattern``
+    and that no earlier step changed; one result per source tensor
+    (aliases stay one tensor). Recorded in ``conv.changed``."""
+    decided = {k for k, _, _, _ in conv.changed}
+    done: Dict[Tuple[int, Tuple[int, ...]], 'torch.Tensor'] = {}
+    regex = re.compile(pattern)
+    for key in [k for k in conv.state_dict
+                if regex.search(k) and k not in decided]:
+        before = conv.state_dict[key]
+        ident = (before.data_ptr(), tuple(before.shape))
+        if ident not in done:
+            done[ident] = func(before)
+        after = done[ident]
+        conv.state_dict[key] = after
+        conv.changed.append((key, tuple(before.shape), tuple(after.shape),
+                             f'{name}: {what}'))
 
 
+def detr_classes(conv: 'Conversion', request: 'Request') -> None:
+    """DETR: 92 COCO-id rows -> 80 classes + no-object last (softmax)."""
+    if not request.keep_classes:
+        _change(conv, r'^bbox_head\.fc_cls\.(weight|bias)$',
+                lambda t: remap_coco_classes(t, no_object=True),
+                'remap_coco_classes(no_object=True)',
+                '92 COCO-id rows -> 80 classes + no-object last (DETRHead, '
+                'softmax)')
+
+
+def conditional_detr_classes(conv: 'Conversion', request: 'Request') -> None:
+    """Conditional DETR: 91 COCO-id rows -> 80 classes (sigmoid)."""
+    if not request.keep_classes:
+        _change(conv, r'^bbox_head\.fc_cls\.(weight|bias)$',
+                lambda t: remap_coco_classes(t, no_object=False),
+                'remap_coco_classes(no_object=False)',
+                '91 COCO-id rows -> 80 classes (ConditionalDETRHead, '
+                'sigmoid)')
+
+
+def two_stage_objectness(conv: 'Conversion', request: 'Request') -> None:
+    """Two-stage Deformable DETR: the last branch (index = decoder layers)
+    scores encoder proposals by its row 0 only, trained class-agnostically
+    (all labels 0) by both codes: that row must stay row 0, not be remapped
+    as a class."""
+    if request.keep_classes or not conv.meta['variant'].get('as_two_stage'):
+        return
+    proposal = sum(1 for k in conv.state_dict if re.match(
+        r'^decoder\.layers\.\d+\.norms\.0\.weight$', k))
+    _change(conv, rf'^bbox_head\.cls_branches\.{proposal}\.(weight|bias)$',
+            keep_objectness_rows, 'keep_objectness_rows',
+            'two-stage proposal classifier: row 0 (class-agnostic '
+            'objectness, the only row either code uses) stays row 0; rows '
+            '0..79 kept by position')
+
+
+def deformable_detr_classes(conv: 'Conversion', request: 'Request') -> None:
+    """Deformable DETR family: 91 COCO-id rows -> 80 classes (sigmoid)."""
+    if not request.keep_classes:
+        _change(conv, r'^bbox_head\.cls_branches\.\d+\.(weight|bias)$',
+                lambda t: remap_coco_classes(t, no_object=False),
+                'remap_coco_classes(no_object=False)',
+                '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)')
+
+
+# --- what the weights imply ------------------------------------------------------
 def detr_variant(fmt: str, keys) -> Dict[str, Any]:
     """Model options the weights imply, and the config to build.
 
@@ -390,6 +362,7 @@ def detr_variant(fmt: str, keys) -> Dict[str, Any]:
         ``configs/detr_family/`` for Deformable DETR / DN, MMDetection's own
         otherwise).
     """
+    from ..arch import check_resnet
     keys = list(keys)
     depth = check_resnet(k[len('backbone.0.body.'):] for k in keys
                          if k.startswith('backbone.0.body.')).depth
@@ -399,7 +372,8 @@ def detr_variant(fmt: str, keys) -> Dict[str, Any]:
                          if depth == 101 else
                          'mmdet::detr/detr_r50_8xb2-150e_coco.py')
     elif fmt == 'conditional_detr':
-        out['config'] = 'mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py'
+        out['config'] = ('mmdet::conditional_detr/'
+                         'conditional-detr_r50_8xb2-50e_coco.py')
         if depth != 50:
             out['config'] += f' (with backbone depth={depth})'
     else:
@@ -424,146 +398,27 @@ def detr_variant(fmt: str, keys) -> Dict[str, Any]:
     return out
 
 
-# --- conversion ------------------------------------------------------------------
+def record_variant(conv: 'Conversion', request: 'Request') -> None:
+    """Family step: backbone check, the model options and the config to
+    build (into the summary, the meta and the hints)."""
+    from ..arch import check_resnet
+    conv.report.backbone = check_resnet(
+        k[len('backbone.'):] for k in conv.state_dict
+        if k.startswith('backbone.'))
+    variant = detr_variant(conv.format.name, conv.source)
+    config = variant.pop('config')
+    conv.meta.update(mmdet_config=config, variant=variant)
+    conv.lines.append(f'config:   {config}')
+    path = config.split(' (')[0]
+    if path.startswith('mmdet::'):  # mim finds mmdet's configs by file name
+        path = path.rsplit('/', 1)[-1]
+    conv.hints = lambda dst: (f'Evaluate it: mim test mmdet {path} '
+                              f'--checkpoint {dst}')
 
 
-@dataclass
-class DetrConversion:
-    """A converted DETR-family model.
-
-    Attributes:
-        state_dict (dict): MMDetection keys -> tensors.
-        report (ConversionReport): Kept/aliased/dropped tensors, per key.
-        variant (dict): Model options and the config to build
-            (:func:`detr_variant`).
-        changed (list[tuple]): ``(key, shape before, shape after, what)`` of
-            every tensor whose values were changed by :data:`SURGERY`.
-        notes (list[str]): What the user must know (neck bias, not carried).
-    """
-
-    state_dict: Dict[str, torch.Tensor]
-    report: ConversionReport
-    variant: Dict[str, Any]
-    changed: List[Tuple[str, Tuple[int, ...], Tuple[int, ...], str]] = \
-        field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """The core's summary plus the target config, surgery and notes."""
-        lines = [self.report.summary(), f'config:   {self.variant["config"]}']
-        for key, before, after, what in self.changed:
-            lines.append(f'changed:  {key} {list(before)} -> {list(after)}: '
-                         f'{what}')
-        lines += [f'note:     {n}' for n in self.notes]
-        return '\n'.join(lines)
-
-    def to_meta(self) -> Dict[str, Any]:
-        """Plain-typed provenance for the output's ``meta``."""
-        meta = self.report.to_meta()
-        meta.update(
-            mmdet_config=self.variant['config'],
-            variant={k: v for k, v in self.variant.items() if k != 'config'},
-            changed=[f'{k} {list(b)} -> {list(a)}: {w}'
-                     for k, b, a, w in self.changed],
-            notes=list(self.notes))
-        return meta
-
-
-def convert_detr_state_dict(state_dict: Mapping[str, torch.Tensor],
-                            fmt: str = 'auto', *,
-                            keep_classes: bool = False) -> DetrConversion:
-    """Convert an official DETR-family state dict (``checkpoint['model']``).
-
-    Args:
-        state_dict (dict): Official keys -> tensors.
-        fmt (str): A key of :data:`DETR_FORMATS` or ``'auto'``.
-        keep_classes (bool): Keep the classifier rows as they are (models
-            trained on other datasets); MMDetection's ``num_classes`` must
-            then match. Defaults to False (COCO remapping).
-
-    Returns:
-        DetrConversion: Weights, report, variant and notes.
-
-    Raises:
-        UnknownFormatError: ``fmt`` unknown, or ``'auto'`` and nothing fits.
-        ConversionError: A tensor outside the format's layout (the model is
-            a variant with no MMDetection equivalent), or a collision.
-    """
-    if fmt == 'auto':
-        detection = detect_detr_format(state_dict)
-        fmt, how = detection.name, f'detected: {detection.reason}'
-    else:
-        how = 'given'
-    if fmt not in DETR_FORMATS:
-        raise UnknownFormatError(f'unknown DETR-family format {fmt!r}; '
-                                 f'supported: {", ".join(DETR_FORMATS)}')
-    spec = DETR_FORMATS[fmt]
-    try:
-        result: ConversionResult = convert_state_dict(dict(state_dict), spec)
-    except ConversionError as err:
-        if how != 'given':
-            raise
-        raise type(err)(f'{err}; {_wrong_format_hint(state_dict)}') from None
-    report = result.report
-    report.detection = how
-    outside = [r.old for r in report.dropped
-               if r.reason.startswith('outside the ')]
-    if outside:
-        raise ConversionError(
-            f'{len(outside)} tensors are outside the {spec.title} layout '
-            f'(first: {", ".join(map(repr, outside[:4]))}): the checkpoint '
-            f'is a variant with no MMDetection equivalent, or not {fmt}' +
-            (f'; {_wrong_format_hint(state_dict)}' if how == 'given' else ''))
-    out = result.state_dict
-    report.backbone = check_resnet(k[len('backbone.'):] for k in out
-                                   if k.startswith('backbone.'))
-    conv = DetrConversion(out, report, detr_variant(fmt, state_dict))
-    if not keep_classes:
-        _apply_surgery(conv, fmt)
-    _add_notes(conv, fmt)
-    return conv
-
-
-def _wrong_format_hint(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The fix for a file that is not in the format given with --from."""
-    try:
-        detection = detect_detr_format(state_dict)
-    except UnknownFormatError:
-        return ('it is not a DETR-family checkpoint: for a backbone use '
-                '`mmconv convert SRC DST` (auto-detects the backbone formats)')
-    return (f'it looks like {detection.name!r} ({detection.reason}): use '
-            f'--from {detection.name} or --from auto')
-
-
-def _apply_surgery(conv: DetrConversion, fmt: str) -> None:
-    """Apply :data:`SURGERY`; one result per source tensor (aliases stay
-    one tensor)."""
-    done: Dict[Tuple[int, Tuple[int, ...], str], torch.Tensor] = {}
-    decided = set()
-    proposal = None
-    if conv.variant.get('as_two_stage'):
-        proposal = sum(1 for k in conv.state_dict
-                       if re.match(r'^decoder\.layers\.\d+\.norms\.0\.weight$',
-                                   k))
-    for name, pattern, func, what in SURGERY:
-        if name != fmt or ('{proposal}' in pattern and proposal is None):
-            continue
-        regex = re.compile(pattern.replace('{proposal}', str(proposal)))
-        for key in [k for k in conv.state_dict
-                    if regex.search(k) and k not in decided]:
-            decided.add(key)
-            before = conv.state_dict[key]
-            ident = (before.data_ptr(), tuple(before.shape), func)
-            if ident not in done:
-                done[ident] = _SURGERY_FUNCS[func](before)
-            after = done[ident]
-            conv.state_dict[key] = after
-            conv.changed.append((key, tuple(before.shape), tuple(after.shape),
-                                 f'{func}: {what}'))
-
-
-def _add_notes(conv: DetrConversion, fmt: str) -> None:
-    """What the user must know about the result."""
+def detr_notes(conv: 'Conversion', request: 'Request') -> None:
+    """Family step: what the user must know about the result."""
+    fmt = conv.format.name
     keys = conv.state_dict
     if any(re.match(r'^neck\.(?:extra_)?convs\.\d+\.conv\.bias$', k)
            for k in keys) and any('.gn.' in k for k in keys):
@@ -594,72 +449,53 @@ def _add_notes(conv: DetrConversion, fmt: str) -> None:
         conv.notes.append(f'{len(dropped)} tensors NOT carried (see dropped)')
 
 
-def convert_detr_checkpoint(checkpoint: Any, fmt: str = 'auto', *,
-                            keep_classes: bool = False) -> DetrConversion:
-    """Unwrap (``checkpoint['model']``), detect and convert.
+_TOP = ('model', )
 
-    Args:
-        checkpoint: What ``torch.load`` returned.
-        fmt (str): Format name or ``'auto'``.
-        keep_classes (bool): See :func:`convert_detr_state_dict`.
+DETR_FAMILY = Family('detr', 'DETR-family detector',
+                     options=('keep_classes', ),
+                     finish=(detr_notes, ), targets=('mmdet', ))
 
-    Returns:
-        DetrConversion: The conversion.
-    """
-    unwrapped = unwrap(checkpoint)
-    conv = convert_detr_state_dict(unwrapped.state_dict, fmt,
-                                   keep_classes=keep_classes)
-    conv.report.where = unwrapped.where
-    conv.report.ignored_entries = list(unwrapped.ignored)
-    return conv
+# fmt: off
+DETR_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'dn_deformable_detr', 'detr', 'DN-Deformable-DETR (DN-DAB-Deformable-DETR)',
+        rules=DN_DEFORMABLE_DETR_RULES, strict=True,
+        sentinels=(r'^refpoint_embed\.weight$', r'^transformer\.level_embed$',
+                   r'^transformer\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$'),
+        containers=_TOP, surgery=(record_variant, deformable_detr_classes),
+        source='IDEA-Research/DN-DETR: main.py -m dn_dab_deformable_detr saves '
+        '{model, optimizer, lr_scheduler, epoch, args}'),
+    SourceFormat(
+        'deformable_detr', 'detr', 'Deformable DETR',
+        rules=DEFORMABLE_DETR_RULES, strict=True,
+        sentinels=(r'^transformer\.level_embed$',
+                   r'^transformer\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$'),
+        containers=_TOP,
+        surgery=(record_variant, two_stage_objectness, deformable_detr_classes),
+        released=('r50_deformable_detr-checkpoint.pth',
+                  'r50_deformable_detr_plus_iterative_bbox_refinement-checkpoint.pth',
+                  'r50_deformable_detr_plus_iterative_bbox_refinement_plus_plus_two_stage-checkpoint.pth'),
+        source='fundamentalvision/Deformable-DETR: main.py saves {model, optimizer, '
+        'lr_scheduler, epoch, args}'),
+    SourceFormat(
+        'conditional_detr', 'detr', 'Conditional DETR',
+        rules=CONDITIONAL_DETR_RULES, strict=True,
+        sentinels=(r'^transformer\.decoder\.layers\.0\.ca_qpos_sine_proj\.weight$',
+                   r'^class_embed\.weight$'),
+        containers=_TOP, surgery=(record_variant, conditional_detr_classes),
+        released=('ConditionalDETR_r50_epoch50.pth', 'ConditionalDETR_r101_epoch50.pth'),
+        source='Atten4Vis/ConditionalDETR: main.py saves {model, optimizer, '
+        'lr_scheduler, epoch, args}'),
+    SourceFormat(
+        'detr', 'detr', 'DETR',
+        rules=DETR_RULES, strict=True,
+        sentinels=(r'^transformer\.decoder\.layers\.0\.multihead_attn\.in_proj_weight$',
+                   r'^class_embed\.weight$', r'^input_proj\.weight$'),
+        containers=_TOP, surgery=(record_variant, detr_classes),
+        released=('detr-r50-e632da11.pth', 'detr-r101-2c7b67e5.pth'),
+        source='facebookresearch/detr: main.py saves {model, optimizer, '
+        'lr_scheduler, epoch, args}; released files {model}'),
+)
+# fmt: on
 
-
-def build_detr_output(conv: DetrConversion, src: str,
-                      distinct: bool = False) -> Dict[str, Any]:
-    """``{'state_dict': ..., 'meta': {...}}`` (plain-typed ``meta``).
-
-    Args:
-        distinct (bool): Give tensors shared under several names their own
-            copies (safetensors refuses shared storage).
-    """
-    from .version import __version__
-    sd = conv.state_dict
-    if distinct:
-        seen, copy = set(), {}
-        for k, v in sd.items():
-            ident = (v.data_ptr(), tuple(v.shape), v.stride())
-            copy[k] = v.clone() if ident in seen else v
-            seen.add(ident)
-        sd = copy
-    meta = {'converter': 'mmconv', 'mmconv_version': __version__,
-            'source_file': os.path.basename(os.fspath(src))}
-    meta.update(conv.to_meta())
-    return {'state_dict': sd, 'meta': meta}
-
-
-@dataclass
-class WrittenDetr:
-    """A finished file conversion: the conversion, path and sha256."""
-
-    conversion: DetrConversion
-    path: str
-    sha256: Optional[str]
-
-
-def convert_detr_file(src: str, dst: str, fmt: str = 'auto', *,
-                      keep_classes: bool = False, unsafe: bool = False,
-                      force: bool = False, out_format: Optional[str] = None,
-                      publish: bool = False,
-                      warn: Optional[Callable[[str], None]] = None
-                      ) -> WrittenDetr:
-    """Load ``src`` safely, convert it and write ``dst`` atomically."""
-    from .io import check_destination, load_file, save_file
-    check_destination(dst, src, force)
-    checkpoint = load_file(src, unsafe=unsafe, warn=warn)
-    conv = convert_detr_checkpoint(checkpoint, fmt, keep_classes=keep_classes)
-    safetensors = (out_format == 'safetensors'
-                   or (out_format is None and dst.endswith('.safetensors')))
-    path, sha = save_file(build_detr_output(conv, src, distinct=safetensors),
-                          dst, src=src, force=force, out_format=out_format,
-                          publish=publish)
-    return WrittenDetr(conv, path, sha)
+register(DETR_FAMILY, *DETR_FORMATS)

@@ -1,11 +1,11 @@
-# Mask R-CNN R50-FPN 1x with a MoCo v3 backbone (MMDetection's self-supervised
+# Mask R-CNN R50-FPN 1x with a MoCo v1 backbone (MMDetection's self-supervised
 # recipe: SyncBN, frozen_stages=0, norm_eval=False), initialised from the raw
 # file through mmconv. Point checkpoint= at your file:
 #   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-_base_ = './mask-rcnn_r50-mocov2-pre_fpn_1x_coco.py'
+_base_ = './mask-rcnn_r50-mocov2-selfsup-raw-pre_fpn_1x_coco.py'
 
 model = dict(
     backbone=dict(
         init_cfg=dict(
-            checkpoint='./r-50-1000ep.pth.tar',
-            method='mocov3')))
+            checkpoint='./moco_v1_200ep_pretrain.pth.tar',
+            method='moco')))

@@ -1,68 +1,36 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Source formats: where the weights live and how their keys are renamed.
+"""Self-supervised ResNet formats, torchvision and MMDetection backbones.
 
-Each :class:`Format` is data. ``rules`` is an ordered tuple of
-``(regex, replacement, reason)``; the first regex that matches a key decides
-it: the key is renamed with ``re.sub(regex, replacement, key)`` or, when the
-replacement is ``None``, dropped with ``reason``. A key no rule matches is
-dropped as "outside the <format> backbone layout". The output naming is the
-one MMDetection's ``ResNet`` (and torchvision's) uses: ``conv1``, ``bn1``,
-``layer1.0.conv1``, ``layer1.0.downsample.0`` ...
+Each :class:`~mmconv.spec.SourceFormat` here is data. ``rules`` is an
+ordered tuple of ``(regex, replacement, reason)``; the first regex that
+matches a key decides it: the key is renamed with
+``re.sub(regex, replacement, key)`` or, when the replacement is ``None``,
+dropped with ``reason``. A key no rule matches is dropped as "outside the
+<format> layout". The output naming is the canonical ResNet naming of
+:mod:`.resnet` (``conv1``, ``bn1``, ``layer1.0.conv1`` ..., ``fc``).
 
-``sentinels`` names the keys that identify a format during auto-detection
-(see :mod:`mmconv.detect`), ``containers`` the checkpoint entries that hold
-its state dict (see :func:`mmconv.unwrap.unwrap`), ``released`` the files the
-authors publish. Formats whose authors also publish a bare backbone file
-accept it too (``BARE_BACKBONE`` rules).
+``sentinels`` name the keys that identify a format during auto-detection
+(:mod:`mmconv.detect`), ``containers`` the checkpoint entries that hold
+its state dict (:func:`mmconv.containers.unwrap`), ``released`` the files
+the authors publish. Formats whose authors also publish a bare backbone file
+accept it too (:data:`~.resnet.BARE_BACKBONE` rules).
 """
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Tuple
 
-__all__ = ['Format', 'FORMATS', 'Rule', 'BACKBONE', 'get_format',
-           'format_names']
+from ..spec import SourceFormat, register
+from .resnet import BACKBONE, BARE_BACKBONE
 
-#: ``(regex, replacement or None to drop, reason)``
-Rule = Tuple[str, Optional[str], str]
-
-#: The stem and the four stages of a torchvision/MMDetection ResNet.
-BACKBONE = r'(?:conv1|bn1|layer[1-4])\.'
-
-#: Backbone files that are already stripped (released backbones, MMDetection
-#: backbone checkpoints): keep the backbone, drop an ImageNet classifier.
-BARE_BACKBONE: Tuple[Rule, ...] = (
-    (rf'^({BACKBONE})', r'\1', 'backbone (already in ResNet layout)'),
-    (r'^fc\.', None, 'ImageNet classification layer (not in the backbone)'),
-)
+__all__ = ['SELFSUP_FORMATS']
 
 
-@dataclass(frozen=True)
-class Format:
-    """A source checkpoint layout.
-
-    Args:
-        name (str): Name used on the command line and in ``method=``.
-        title (str): Human-readable name.
-        rules (tuple): Ordered ``(regex, replacement, reason)`` rules.
-        sentinels (tuple): Key regexes whose presence identifies the format.
-        containers (tuple): Checkpoint entries that may hold the state dict,
-            outermost first, as the official code saves them.
-        released (tuple): Example released file names.
-        source (str): Where the layout comes from.
-    """
-
-    name: str
-    title: str
-    rules: Tuple[Rule, ...]
-    sentinels: Tuple[str, ...] = ()
-    containers: Tuple[str, ...] = ('state_dict', )
-    released: Tuple[str, ...] = ()
-    source: str = ''
-    notes: str = field(default='', compare=False)
+def _resnet(name: str, title: str, **kwargs) -> SourceFormat:
+    """A format of the ResNet family."""
+    return SourceFormat(name, 'resnet', title, **kwargs)
 
 
 # fmt: off
-FORMATS: Dict[str, Format] = {f.name: f for f in (
-    Format(
+SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
+    _resnet(
         'moco', 'MoCo v1/v2',
         rules=(
             (r'^(?:module\.)?encoder_q\.fc\.', None, 'MoCo projection head (fc / MLP)'),
@@ -73,7 +41,7 @@ FORMATS: Dict[str, Format] = {f.name: f for f in (
         sentinels=(r'^(?:module\.)?encoder_q\.conv1\.weight$',),
         released=('moco_v1_200ep_pretrain.pth.tar', 'moco_v2_800ep_pretrain.pth.tar'),
         source='facebookresearch/moco: main_moco.py saves {epoch, arch, state_dict, optimizer} of the DDP model'),
-    Format(
+    _resnet(
         'mocov3', 'MoCo v3 (ResNet)',
         rules=(
             (r'^(?:module\.)?base_encoder\.fc\.',   None, 'MoCo v3 projection MLP'),
@@ -84,7 +52,7 @@ FORMATS: Dict[str, Format] = {f.name: f for f in (
         sentinels=(r'^(?:module\.)?base_encoder\.conv1\.weight$',),
         released=('r-50-1000ep.pth.tar', 'r-50-300ep.pth.tar'),
         source='facebookresearch/moco-v3: main_moco.py saves {epoch, arch, state_dict, optimizer, scaler}'),
-    Format(
+    _resnet(
         'swav', 'SwAV',
         rules=(
             (r'^(?:module\.)?projection_head\.',     None, 'SwAV projection head'),
@@ -94,7 +62,7 @@ FORMATS: Dict[str, Format] = {f.name: f for f in (
         sentinels=(r'^(?:module\.)?prototypes\.weight$', r'^(?:module\.)?projection_head\.'),
         released=('swav_800ep_pretrain.pth.tar',),
         source='facebookresearch/swav: released files are the bare DDP state dict; training checkpoints wrap it in state_dict'),
-    Format(
+    _resnet(
         'densecl', 'DenseCL',
         rules=(
             (r'^backbone\.',                    '',   'backbone'),
@@ -106,7 +74,7 @@ FORMATS: Dict[str, Format] = {f.name: f for f in (
         sentinels=(r'^queue2$', r'^encoder_q\.1\.mlp2\.'),
         released=('densecl_r50_imagenet_200ep.pth', 'densecl_r50_coco_1600ep.pth'),
         source='WXinlong/DenseCL (OpenSelfSup): mmcv checkpoint {meta, state_dict, optimizer}; released files via extract_backbone_weights.py'),
-    Format(
+    _resnet(
         'simsiam', 'SimSiam',
         rules=(
             (r'^(?:module\.)?encoder\.fc\.',   None, 'SimSiam projection MLP'),
@@ -116,18 +84,18 @@ FORMATS: Dict[str, Format] = {f.name: f for f in (
         sentinels=(r'^(?:module\.)?encoder\.conv1\.weight$',),
         released=('checkpoint_0099.pth.tar',),
         source='facebookresearch/simsiam: main_simsiam.py saves {epoch, arch, state_dict, optimizer}'),
-    Format(
+    _resnet(
         'barlowtwins', 'Barlow Twins',
         rules=(
             (r'^(?:module\.)?backbone\.',       '',   'backbone'),
             (r'^(?:module\.)?projector\.',      None, 'Barlow Twins projector'),
             (r'^(?:module\.)?bn\.',             None, 'BatchNorm of the cross-correlation matrix'),
         ) + BARE_BACKBONE,
-        sentinels=(r'^(?:module\.)?bn\.running_mean$',),
+        sentinels=(r'^(?:module\.)?bn\.running_mean$', r'^(?:module\.)?projector\.'),
         containers=('model', ),
         released=('resnet50.pth', 'checkpoint.pth'),
         source='facebookresearch/barlowtwins: main.py saves {epoch, model, optimizer}; resnet50.pth is the bare backbone'),
-    Format(
+    _resnet(
         'vicreg', 'VICReg',
         rules=(
             (r'^(?:module\.)?backbone\.',       '',   'backbone'),
@@ -137,18 +105,18 @@ FORMATS: Dict[str, Format] = {f.name: f for f in (
         containers=('model', ),
         released=('resnet50.pth', 'model.pth'),
         source='facebookresearch/vicreg: main_vicreg.py saves {epoch, model, optimizer}; resnet50.pth is the bare backbone'),
-    Format(
+    _resnet(
         'dino', 'DINO (ResNet-50)',
         rules=(
             (r'^(?:module\.)?backbone\.fc\.',   None, 'identity classifier slot'),
             (r'^(?:module\.)?backbone\.',       '',   'backbone'),
             (r'^(?:module\.)?head\.',           None, 'DINO projection head'),
         ) + BARE_BACKBONE,
-        sentinels=(r'^(?:module\.)?head\.last_layer\.weight_[gv]$',),
+        sentinels=(r'^(?:module\.)?head\.last_layer\.weight_[gv]$', r'^(?:module\.)?backbone\.(?:conv1|layer1)\.'),
         containers=('teacher', 'student'),
         released=('dino_resnet50_pretrain_full_checkpoint.pth', 'dino_resnet50_pretrain.pth'),
         source='facebookresearch/dino: main_dino.py saves {student, teacher, optimizer, epoch, args, dino_loss}'),
-    Format(
+    _resnet(
         'vissl', 'VISSL / ClassyVision',
         rules=(
             (rf'^_feature_blocks\.({BACKBONE})', r'\1', 'trunk'),
@@ -158,7 +126,7 @@ FORMATS: Dict[str, Format] = {f.name: f for f in (
         sentinels=(r'^_feature_blocks\.conv1\.weight$',),
         containers=('classy_state_dict', 'base_model', 'model', 'trunk'),
         source="facebookresearch/vissl: checkpoint['classy_state_dict']['base_model']['model']['trunk']"),
-    Format(
+    _resnet(
         'mmpretrain', 'mmpretrain / mmselfsup algorithm (MoCoV2, MoCoV3, SwAV, DenseCL, BYOL, SimCLR, BarlowTwins, SimSiam, ...)',
         rules=(
             (r'^backbone\.fc\.',                 None, 'classifier slot of the backbone'),
@@ -171,43 +139,19 @@ FORMATS: Dict[str, Format] = {f.name: f for f in (
         ),
         sentinels=(r'^backbone\.conv1\.weight$',),
         source='open-mmlab/mmpretrain (mmselfsup): MMEngine checkpoint {meta, state_dict, message_hub, optimizer, ...}'),
-    Format(
+    _resnet(
         'torchvision', 'torchvision ResNet',
         rules=BARE_BACKBONE,
         sentinels=(r'^fc\.weight$', r'^conv1\.weight$'),
         containers=(),
         released=('resnet50-0676ba61.pth', 'resnet50-11ad3fa6.pth'),
         source='pytorch/vision: bare state dict of torchvision.models.resnet*'),
-    Format(
+    _resnet(
         'mmdet', 'MMDetection / mmconv ResNet backbone (already converted)',
         rules=BARE_BACKBONE,
         sentinels=(r'^conv1\.weight$',),
         source='MMDetection backbone checkpoints and mmconv output: {state_dict, meta}'),
-)}
+)
 # fmt: on
 
-
-def get_format(name: str) -> Format:
-    """Return the :class:`Format` called ``name``.
-
-    Args:
-        name (str): A key of :data:`FORMATS`.
-
-    Returns:
-        Format: The format.
-
-    Raises:
-        UnknownFormatError: If there is no such format.
-    """
-    from .errors import UnknownFormatError
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise UnknownFormatError(
-            f'unknown format {name!r}; supported: '
-            f'{", ".join(format_names())}') from None
-
-
-def format_names() -> Tuple[str, ...]:
-    """Names of the supported formats, in detection order."""
-    return tuple(FORMATS)
+register(*SELFSUP_FORMATS)

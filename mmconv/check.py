@@ -1,0 +1,91 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""``mmconv check CONFIG``: the dry run before an 8-GPU job.
+
+Builds the model of an MMDetection config without any data, fingerprints
+its random initialisation, runs the weight initialisation (every
+``Pretrained`` / ``SelfSupPretrained`` ``init_cfg``), applies
+``load_from`` / ``--checkpoint`` as training would (read with mmconv's safe
+loader), and reports per top-level module where the weights came from
+(:mod:`mmconv.provenance`, the table ``PretrainedLoadCheckHook`` logs).
+A module configured to load pretrained weights that still holds its random
+initialisation fails the check.
+"""
+from typing import Optional, Sequence
+
+from .provenance import Provenance, compare, fingerprints
+
+__all__ = ['check_config']
+
+
+def _build_model(config: str, cfg_options: Optional[dict]):
+    """The model of ``config`` (custom imports and default scope applied),
+    and the config."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    if '::' in config:  # mmdet::mask_rcnn/... names a package's config
+        from mmengine.hub import get_config
+        cfg = get_config(config)
+    else:
+        cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = cfg.get('default_scope', 'mmdet')
+    if scope == 'mmdet':
+        from mmdet.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+    init_default_scope(scope)
+    return MODELS.build(cfg.model), cfg
+
+
+def _apply(model, path: str) -> None:
+    """Load ``path`` into ``model`` as ``load_from`` does (non-strict),
+    through the safe loader."""
+    from mmengine.runner.checkpoint import load_state_dict
+
+    from .containers import unwrap
+    from .io import load_source
+    sd = unwrap(load_source(path)).state_dict
+    sd = {k[len('module.'):] if k.startswith('module.') else k: v
+          for k, v in sd.items()}
+    load_state_dict(model, sd, strict=False)
+
+
+def check_config(config: str, checkpoint: Optional[str] = None,
+                 cfg_options: Optional[dict] = None) -> Provenance:
+    """Initialise the model of ``config`` and say where its weights are from.
+
+    Args:
+        config (str): MMDetection config file (or ``mmdet::`` name).
+        checkpoint (str, optional): A file to apply after initialisation
+            (as ``load_from``); defaults to the config's ``load_from``.
+        cfg_options (dict, optional): Overrides, as ``--cfg-options``.
+
+    Returns:
+        Provenance: Per-module rows and the problems found.
+    """
+    from .errors import CheckFailedError, MMConvError
+    from .provenance import pretrained_configs
+    model, cfg = _build_model(config, cfg_options)
+    before = fingerprints(model)
+    try:
+        model.init_weights()
+    except MMConvError as err:
+        modules = [f'{name or "model"} (init from {c["checkpoint"]})'
+                   for name, c in pretrained_configs(model)]
+        raise CheckFailedError(
+            f'{config}: {"; ".join(modules)}: weight initialisation failed: '
+            f'{err}') from None
+    loaded = checkpoint or cfg.get('load_from')
+    if loaded:
+        _apply(model, str(loaded))
+    return compare(model, before, str(loaded) if loaded else None)
+
+
+def parse_cfg_options(items: Sequence[str]) -> dict:
+    """``key=value`` pairs as MMEngine's ``DictAction`` parses them."""
+    import argparse
+
+    from mmengine.config import DictAction
+    namespace = argparse.Namespace()
+    DictAction(option_strings=[], dest='opts')(None, namespace, list(items))
+    return namespace.opts

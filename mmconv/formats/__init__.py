@@ -1,0 +1,40 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""Every format mmconv reads: **add a format or a family here.**
+
+One module per family, each only declarations (:mod:`mmconv.spec`) plus
+the named surgery functions beside its tables:
+
+==================  ==========================================================
+module              declares
+==================  ==========================================================
+:mod:`.resnet`      the ResNet family (canonical names, style/input
+                    decisions) and the ``detectron2``/``torchvision`` targets
+:mod:`.selfsup`     self-supervised ResNets (MoCo, SwAV, DenseCL, SimSiam,
+                    Barlow Twins, VICReg, DINO, VISSL, mmpretrain),
+                    torchvision, MMDetection backbones
+:mod:`.detectron2`  detectron2/detrex ResNets, Caffe2/Detectron1 blobs
+:mod:`.detr`        DETR, Deformable, Conditional, DN-Deformable DETR
+==================  ==========================================================
+
+A new family is one new module that calls :func:`~mmconv.spec.register`
+with its :class:`~mmconv.spec.Family` and :class:`~mmconv.spec.SourceFormat`
+declarations, imported below; nothing else changes: detection, the command
+line (``--from``, ``formats``, ``inspect``), ``SelfSupPretrained`` and the
+hook read the registry. Importing this package imports no torch.
+"""
+from ..spec import (FAMILIES, FORMATS, OPTIONS, TARGETS, Family, Rule,
+                    SourceFormat, Surgery, Target, format_names, get_format,
+                    get_target, register, target_names, unregister)
+
+#: MMDetection: canonical names are its names; ``{'state_dict', 'meta'}``.
+MMDET = Target('mmdet', 'MMDetection')
+register(MMDET)
+
+from . import resnet, selfsup, detectron2, detr  # noqa: E402,F401,I001
+
+
+__all__ = [
+    'FAMILIES', 'FORMATS', 'OPTIONS', 'TARGETS', 'Family', 'Rule',
+    'SourceFormat', 'Surgery', 'Target', 'MMDET', 'format_names',
+    'get_format', 'get_target', 'register', 'target_names', 'unregister'
+]

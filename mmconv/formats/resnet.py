@@ -1,0 +1,375 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""The ResNet family: canonical names, finishing steps, and the detectron2
+and torchvision targets.
+
+Every ResNet source (:mod:`.selfsup`, :mod:`.detectron2`) renames into the
+torchvision/MMDetection naming (``conv1``, ``bn1``, ``layer1.0.conv1`` ...,
+and ``fc`` for an ImageNet classifier), the *canonical* names. The family
+then ends every conversion with:
+
+* :func:`drop_classifier`: ``fc`` is not part of a backbone; it is kept only
+  for detectron2/torchvision output with ``--keep-fc``;
+* :func:`check_backbone`: the result is compared with a ResNet key set
+  (depth, missing, unexpected);
+* :func:`decide_style_and_input`: what the weights cannot say is decided and
+  reported: the *style* (where a bottleneck strides: ``'caffe'`` =
+  detectron2 ``STRIDE_IN_1X1: True``, the MSRA models; ``'pytorch'`` =
+  torchvision) and the input normalisation, printed as the config changes to
+  make for the target.
+
+Targets: MMDetection (canonical names), torchvision (canonical names, bare
+state dict) and detectron2 (:data:`TO_DETECTRON2_RULES`, the mapping of
+detectron2's ``tools/convert-torchvision-to-d2.py``: ``stem.``, ``layerN``
+-> ``res{N+1}``, ``bnK`` -> ``convK.norm``, ``downsample.0/1`` ->
+``shortcut``/``shortcut.norm``; a ``.pkl`` of numpy arrays).
+"""
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
+
+from ..spec import Family, Rule, Target, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..pipeline import Conversion, Request
+
+__all__ = [
+    'BACKBONE', 'BARE_BACKBONE', 'TO_DETECTRON2_RULES', 'RESNET',
+    'DETECTRON2_TARGET', 'TORCHVISION_TARGET', 'Preprocessing',
+    'TORCHVISION_PIXEL', 'MSRA_PIXEL', 'TORCHVISION_SOURCES',
+    'drop_classifier', 'check_backbone', 'decide_style_and_input',
+    'to_numpy_tree'
+]
+
+#: The stem and the four stages of a torchvision/MMDetection ResNet.
+BACKBONE = r'(?:conv1|bn1|layer[1-4])\.'
+
+#: Backbone files that are already stripped (released backbones, MMDetection
+#: backbone checkpoints, torchvision): the backbone and an ImageNet
+#: classifier in canonical names (the family drops ``fc``).
+BARE_BACKBONE: Tuple[Rule, ...] = (
+    (rf'^({BACKBONE})', r'\1', 'backbone (already in ResNet layout)'),
+    (r'^fc\.',          'fc.', 'ImageNet classifier'),
+)
+
+# --- canonical (torchvision / MMDetection) -> detectron2 --------------------
+# detectron2 numbers the stages as Caffe2 did: torchvision layerN = resN+1.
+_STAGES = ((1, 2), (2, 3), (3, 4), (4, 5))
+
+# fmt: off
+TO_DETECTRON2_RULES: Tuple[Rule, ...] = (
+    (r'^conv1\.',  'stem.conv1.',      'stem conv'),
+    (r'^bn1\.',    'stem.conv1.norm.', 'stem norm'),
+    (r'^fc\.',     'stem.fc.',         'ImageNet classifier (named as convert-torchvision-to-d2.py names it; detectron2 does not load it)'),
+) + tuple(rule for n, r in _STAGES for rule in (
+    (rf'^layer{n}\.(\d+)\.conv([123])\.',      rf'res{r}.\1.conv\2.',       f'res{r} conv'),
+    (rf'^layer{n}\.(\d+)\.bn([123])\.',        rf'res{r}.\1.conv\2.norm.',  f'res{r} norm'),
+    (rf'^layer{n}\.(\d+)\.downsample\.0\.',    rf'res{r}.\1.shortcut.',      f'res{r} shortcut conv'),
+    (rf'^layer{n}\.(\d+)\.downsample\.1\.',    rf'res{r}.\1.shortcut.norm.', f'res{r} shortcut norm'),
+))
+# fmt: on
+
+#: The classifier in canonical names.
+_FC = re.compile(r'^fc\.')
+#: ``__author__`` values of torchvision-derived detectron2 files
+#: (detectron2's and MoCo's converters); lower case.
+_TORCHVISION_AUTHORS = ('torchvision', 'moco')
+#: Formats whose networks are torchvision ResNets (stride in the 3x3).
+TORCHVISION_SOURCES = ('moco', 'mocov3', 'swav', 'densecl', 'simsiam',
+                       'barlowtwins', 'vicreg', 'dino', 'vissl',
+                       'torchvision')
+#: Formats read from detectron2-family files (FrozenBN statistics).
+_D2_SOURCES = ('detectron2', 'caffe2')
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Input normalisation the weights expect (0-255 pixel values).
+
+    Attributes:
+        mean (tuple[float]): Per channel, in ``channels`` order.
+        std (tuple[float]): Per channel.
+        channels (str): ``'RGB'`` or ``'BGR'``.
+        reason (str): How it was decided.
+    """
+
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    channels: str
+    reason: str = ''
+
+
+#: torchvision ImageNet normalisation (RGB).
+TORCHVISION_PIXEL = Preprocessing((123.675, 116.28, 103.53),
+                                  (58.395, 57.12, 57.375), 'RGB',
+                                  'torchvision ImageNet normalisation')
+#: MSRA Caffe2 models (BGR, std absorbed into conv1).
+MSRA_PIXEL = Preprocessing((103.53, 116.28, 123.675), (1.0, 1.0, 1.0), 'BGR',
+                           'MSRA Caffe2 normalisation (detectron2 default)')
+
+
+def _fmt(values) -> str:
+    """``[123.675, 116.280, 103.530]``."""
+    return '[' + ', '.join(f'{float(v):.3f}' for v in values) + ']'
+
+
+# --- finishing steps (every ResNet conversion) --------------------------------
+def drop_classifier(conv: 'Conversion', request: 'Request') -> None:
+    """Move the canonical ``fc`` to the dropped list unless ``--keep-fc``
+    asks to keep it for detectron2/torchvision output."""
+    from ..errors import UsageError
+    from ..report import KeyRecord
+    if request.keep_fc and conv.target.name == 'mmdet':
+        raise UsageError('--keep-fc applies to detectron2/torchvision output '
+                         '(MMDetection backbones have no classifier): drop '
+                         'it')
+    if request.keep_fc:
+        return
+    reason = ('ImageNet classifier (not in the backbone; ' +
+              ('--keep-fc keeps it)' if conv.target.name != 'mmdet' else
+               'MMDetection backbones have none)'))
+    rep = conv.report
+    for r in [r for r in rep.kept if _FC.match(r.new)]:
+        del conv.state_dict[r.new]
+        rep.dropped.append(KeyRecord(r.old, None, reason, r.shape))
+    rep.kept = [r for r in rep.kept if not _FC.match(r.new)]
+    rep.aliases = [r for r in rep.aliases if not _FC.match(r.new)]
+
+
+def check_backbone(conv: 'Conversion', request: 'Request') -> None:
+    """Compare the result with a ResNet key set; refuse an empty one."""
+    from ..arch import check_resnet
+    from ..errors import ConversionError
+    if not conv.state_dict:
+        raise ConversionError('no ResNet backbone tensor in the checkpoint '
+                              f'(format {conv.format.name})')
+    conv.report.backbone = check_resnet(
+        k for k in conv.state_dict if not _FC.match(k))
+
+
+def _style(style: str, fmt: str, bottleneck: bool, author: Optional[str],
+           recorded: Optional[Mapping]) -> Tuple[str, str, bool]:
+    """``(style, reason, assumed)`` for the source."""
+    if not bottleneck:
+        return ('pytorch', 'BasicBlock ResNet: the stride is in the first '
+                '3x3 conv whatever the style', False)
+    if style != 'auto':
+        return style, 'given', False
+    if recorded is not None and 'stride_in_1x1' in recorded:
+        s11 = bool(recorded['stride_in_1x1'])
+        return ('caffe' if s11 else 'pytorch',
+                f'stride_in_1x1={s11} recorded by mmconv in the file', False)
+    if fmt == 'caffe2':
+        return ('caffe', 'Caffe2 blobs: the MSRA ResNets put the stride in '
+                'the 1x1 conv (STRIDE_IN_1X1: True)', False)
+    if author and author.lower() in _TORCHVISION_AUTHORS:
+        return ('pytorch', f'__author__ {author!r}: a torchvision ResNet '
+                '(stride in the 3x3 conv, STRIDE_IN_1X1: False)', False)
+    if fmt in TORCHVISION_SOURCES:
+        return ('pytorch', f'{fmt}: a torchvision ResNet (stride in the 3x3 '
+                'conv)', False)
+    if fmt == 'detectron2':
+        return ('caffe', "detectron2's default STRIDE_IN_1X1: True (model-zoo "
+                'models start from MSRA R-50/R-101); use --style pytorch if '
+                'it was trained with STRIDE_IN_1X1: False (detrex, '
+                'torchvision-initialised)', True)
+    return ('pytorch', "MMDetection's default style; use --style caffe if "
+            "it was trained with style='caffe'", True)
+
+
+def _recorded(entries: Mapping) -> Optional[Mapping]:
+    """Style/normalisation mmconv wrote into an earlier output: the
+    ``mmconv`` entry of its detectron2 files, ``meta`` of its MMDetection
+    files."""
+    for key in ('mmconv', 'meta'):
+        entry = entries.get(key)
+        if isinstance(entry, Mapping) and 'stride_in_1x1' in entry:
+            return entry
+    return None
+
+
+def _pixel(style: str, fmt: str, sd: Mapping[str, Any],
+           recorded: Optional[Mapping]) -> Preprocessing:
+    """The input normalisation the source weights expect."""
+    import torch
+    if recorded is not None and 'pixel_mean' in recorded:
+        return Preprocessing(tuple(recorded['pixel_mean']),
+                             tuple(recorded['pixel_std']),
+                             recorded.get('input_format', 'RGB'),
+                             'recorded by mmconv in the file')
+    mean = next((v for k, v in sd.items() if k.endswith('pixel_mean')), None)
+    std = next((v for k, v in sd.items() if k.endswith('pixel_std')), None)
+    if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor) \
+            and mean.numel() == 3 and std.numel() == 3:
+        m = tuple(round(float(x), 3) for x in mean.flatten())
+        s = tuple(round(float(x), 3) for x in std.flatten())
+        bgr = abs(m[0] - MSRA_PIXEL.mean[0]) < abs(m[0] - 123.675)
+        return Preprocessing(m, s, 'BGR' if bgr else 'RGB',
+                             'pixel_mean/pixel_std stored in the checkpoint '
+                             '(channel order inferred from the mean)')
+    if style == 'caffe' or fmt == 'caffe2':
+        return MSRA_PIXEL
+    return TORCHVISION_PIXEL
+
+
+def decide_style_and_input(conv: 'Conversion', request: 'Request') -> None:
+    """Decide style and input normalisation; add them to the summary, the
+    meta and the config hints of the target."""
+    fmt = conv.format.name
+    check = conv.report.backbone
+    entries = conv.entries
+    author = entries.get('__author__') if isinstance(
+        entries.get('__author__'), str) else None
+    recorded = _recorded(entries)
+    bottleneck = check.depth is not None and check.depth >= 50
+    style, why, assumed = _style(request.style, fmt, bottleneck, author,
+                                 recorded)
+    pixel = _pixel(style, fmt, conv.source if fmt == 'detectron2' else {},
+                   recorded)
+    target = conv.target.name
+    conv.lines += [
+        f'target:   {target}',
+        f'style:    {style}' + (' (ASSUMED)' if assumed else '') +
+        f' — {why}',
+        f'input:    {pixel.channels} mean {_fmt(pixel.mean)} std '
+        f'{_fmt(pixel.std)} — {pixel.reason}']
+    filled = conv.meta.get('frozen_bn_filled', 0)
+    if filled:
+        conv.lines.append(
+            f'FrozenBN: {filled} norm layers had scale/bias only; '
+            'running_mean=0, running_var=1-1e-5 added: the buffers '
+            "detectron2's FrozenBatchNorm2d keeps for them, so BN(eps=1e-5) "
+            'computes what detectron2 computes')
+    warnings = []
+    if not check.complete:
+        warnings.append(check.describe())
+    if assumed:
+        warnings.append(f'style {style!r} is assumed, not read from the '
+                        'file: check the training config')
+    if target == 'torchvision' and style == 'caffe' and bottleneck:
+        warnings.append("torchvision's Bottleneck strides in the 3x3 conv; "
+                        'this caffe-style (stride-in-1x1) backbone computes '
+                        'different features there')
+    conv.lines += [f'warning:  {w}' for w in warnings]
+    conv.meta.update({
+        'target': target, 'depth': check.depth, 'style': style,
+        'stride_in_1x1': style == 'caffe' and bottleneck,
+        'pixel_mean': list(pixel.mean), 'pixel_std': list(pixel.std),
+        'input_format': pixel.channels, 'frozen_bn_filled': filled})
+    has_fc = any(_FC.match(k) for k in conv.state_dict)
+    conv.hints = lambda dst: _HINTS[target](dst, check.depth, style,
+                                            bottleneck, pixel, has_fc)
+
+
+# --- config hints per target ---------------------------------------------------
+def _d2_hints(dst: str, depth: Optional[int], style: str, bottleneck: bool,
+              pixel: Preprocessing, has_fc: bool) -> str:
+    d = depth or '<depth>'
+    s11 = style == 'caffe'
+    mean, std = _fmt(pixel.mean), _fmt(pixel.std)
+    basic = not bottleneck
+    lines = [
+        'detectron2 config (yaml):',
+        '  MODEL:', f'    WEIGHTS: "{dst}"',
+        f'    PIXEL_MEAN: {mean}', f'    PIXEL_STD: {std}',
+        '    RESNETS:', f'      DEPTH: {d}']
+    lines += (['      RES2_OUT_CHANNELS: 64   # required for R18/R34']
+              if basic else [f'      STRIDE_IN_1X1: {s11}'])
+    lines += ['  INPUT:', f'    FORMAT: "{pixel.channels}"',
+              'detectron2 LazyConfig / detrex:',
+              f'  train.init_checkpoint = "{dst}"',
+              f'  model.pixel_mean = {mean}',
+              f'  model.pixel_std = {std}',
+              f'  model.input_format = "{pixel.channels}"',
+              '  dataloader.train.mapper.image_format = '
+              f'"{pixel.channels}"   # and dataloader.test',
+              '  # FPN models (detectron2 model zoo):',
+              f'  model.backbone.bottom_up.stages.depth = {d}']
+    if not basic:
+        lines.append(f'  model.backbone.bottom_up.stages.stride_in_1x1 = {s11}')
+    lines += ['  # detrex and C4 models:',
+              f'  model.backbone.stages.depth = {d}']
+    if not basic:
+        lines.append(f'  model.backbone.stages.stride_in_1x1 = {s11}')
+    else:
+        lines.append('  # R18/R34: remove stride_in_1x1 from stages '
+                     '(BasicBlock does not take it)')
+    return '\n'.join(lines)
+
+
+def _mmdet_hints(dst: str, depth: Optional[int], style: str,
+                 bottleneck: bool, pixel: Preprocessing,
+                 has_fc: bool) -> str:
+    rgb = pixel.channels == 'RGB'
+    style = style if bottleneck else 'pytorch'
+    lines = [
+        'MMDetection config:',
+        '  model = dict(',
+        '      data_preprocessor=dict(',
+        f'          mean={_fmt(pixel.mean)},',
+        f'          std={_fmt(pixel.std)},',
+        f'          bgr_to_rgb={rgb}),',
+        '      backbone=dict(',
+        f'          depth={depth or "<depth>"},',
+        f"          style='{style}',"]
+    if style == 'caffe':
+        lines += ['          norm_cfg=dict(type=\'BN\', '
+                  'requires_grad=False),',
+                  '          norm_eval=True,']
+    lines += [f"          init_cfg=dict(type='Pretrained', "
+              f"checkpoint='{dst}')))"]
+    return '\n'.join(lines)
+
+
+def _tv_hints(dst: str, depth: Optional[int], style: str, bottleneck: bool,
+              pixel: Preprocessing, has_fc: bool) -> str:
+    return '\n'.join([
+        'torchvision:',
+        f'  model = torchvision.models.resnet{depth or "<depth>"}()',
+        f"  model.load_state_dict(torch.load('{dst}'), strict="
+        f'{has_fc})' + ('' if has_fc else '   # no fc in the file'),
+        '  input: RGB in [0, 1], Normalize(mean=[0.485, 0.456, 0.406], '
+        'std=[0.229, 0.224, 0.225])'])
+
+
+_HINTS = {'detectron2': _d2_hints, 'mmdet': _mmdet_hints,
+          'torchvision': _tv_hints}
+
+
+# --- target output builders ----------------------------------------------------
+def to_numpy_tree(obj: Any) -> Any:
+    """Tensors inside nested dicts -> numpy arrays (no copy on CPU)."""
+    import torch
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: to_numpy_tree(v) for k, v in obj.items()}
+    return obj
+
+
+def _build_detectron2(conv: 'Conversion', meta: Dict[str, Any]) -> Any:
+    """``{'model': {name: ndarray}, '__author__', 'matching_heuristics',
+    'mmconv': meta}`` (``__author__`` is ``'torchvision'`` for torchvision
+    sources, as detectron2's converter writes)."""
+    fmt = conv.format.name
+    author = 'torchvision' if fmt == 'torchvision' else f'mmconv:{fmt}'
+    return {'model': to_numpy_tree(conv.state_dict), '__author__': author,
+            'matching_heuristics': True, 'mmconv': meta}
+
+
+def _build_torchvision(conv: 'Conversion', meta: Dict[str, Any]) -> Any:
+    """The bare state dict, as torchvision's own files."""
+    return dict(conv.state_dict)
+
+
+RESNET = Family(
+    'resnet', 'ResNet backbone',
+    options=('select', 'prefix', 'style', 'keep_fc'),
+    finish=(drop_classifier, check_backbone, decide_style_and_input),
+    targets=('mmdet', 'detectron2', 'torchvision'))
+DETECTRON2_TARGET = Target(
+    'detectron2', 'detectron2', rules=TO_DETECTRON2_RULES,
+    build=_build_detectron2, file_format='pkl', suffix='.pkl')
+TORCHVISION_TARGET = Target('torchvision', 'torchvision',
+                            build=_build_torchvision)
+
+register(RESNET, DETECTRON2_TARGET, TORCHVISION_TARGET)
