@@ -307,24 +307,34 @@ def _change(conv: 'Conversion', pattern: str,
                              f'{name}: {what}'))
 
 
-def detr_classes(conv: 'Conversion', request: 'Request') -> None:
-    """DETR: 92 COCO-id rows -> 80 classes + no-object last (softmax)."""
-    if not request.keep_classes:
-        _change(conv, r'^bbox_head\.fc_cls\.(weight|bias)$',
-                lambda t: remap_coco_classes(t, no_object=True),
-                'remap_coco_classes(no_object=True)',
-                '92 COCO-id rows -> 80 classes + no-object last (DETRHead, '
-                'softmax)')
+def _class_remap(name: str, pattern: str, no_object: bool,
+                 what: str) -> Callable[['Conversion', 'Request'], None]:
+    """A named surgery step: :func:`remap_coco_classes` on the outputs
+    matching ``pattern`` (skipped with ``--keep-classes``)."""
+    def step(conv: 'Conversion', request: 'Request') -> None:
+        if not request.keep_classes:
+            _change(conv, pattern,
+                    lambda t: remap_coco_classes(t, no_object=no_object),
+                    f'remap_coco_classes(no_object={no_object})', what)
+    step.__name__ = step.__qualname__ = name
+    step.__doc__ = what
+    return step
 
 
-def conditional_detr_classes(conv: 'Conversion', request: 'Request') -> None:
-    """Conditional DETR: 91 COCO-id rows -> 80 classes (sigmoid)."""
-    if not request.keep_classes:
-        _change(conv, r'^bbox_head\.fc_cls\.(weight|bias)$',
-                lambda t: remap_coco_classes(t, no_object=False),
-                'remap_coco_classes(no_object=False)',
-                '91 COCO-id rows -> 80 classes (ConditionalDETRHead, '
-                'sigmoid)')
+_FC_CLS = r'^bbox_head\.fc_cls\.(weight|bias)$'
+_CLS_BRANCHES = r'^bbox_head\.cls_branches\.\d+\.(weight|bias)$'
+#: DETR: 92 COCO-id rows -> 80 classes + no-object last (softmax).
+detr_classes = _class_remap(
+    'detr_classes', _FC_CLS, True,
+    '92 COCO-id rows -> 80 classes + no-object last (DETRHead, softmax)')
+#: Conditional DETR: 91 COCO-id rows -> 80 classes (sigmoid).
+conditional_detr_classes = _class_remap(
+    'conditional_detr_classes', _FC_CLS, False,
+    '91 COCO-id rows -> 80 classes (ConditionalDETRHead, sigmoid)')
+#: Deformable DETR family: 91 COCO-id rows -> 80 classes (sigmoid).
+deformable_detr_classes = _class_remap(
+    'deformable_detr_classes', _CLS_BRANCHES, False,
+    '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)')
 
 
 def two_stage_objectness(conv: 'Conversion', request: 'Request') -> None:
@@ -341,15 +351,6 @@ def two_stage_objectness(conv: 'Conversion', request: 'Request') -> None:
             'two-stage proposal classifier: row 0 (class-agnostic '
             'objectness, the only row either code uses) stays row 0; rows '
             '0..79 kept by position')
-
-
-def deformable_detr_classes(conv: 'Conversion', request: 'Request') -> None:
-    """Deformable DETR family: 91 COCO-id rows -> 80 classes (sigmoid)."""
-    if not request.keep_classes:
-        _change(conv, r'^bbox_head\.cls_branches\.\d+\.(weight|bias)$',
-                lambda t: remap_coco_classes(t, no_object=False),
-                'remap_coco_classes(no_object=False)',
-                '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)')
 
 
 # --- what the weights imply ------------------------------------------------------
