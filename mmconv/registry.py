@@ -11,9 +11,9 @@ is; and MMEngine's ``CheckpointLoader`` reads local files and URLs with
 mmconv's safe reader (:func:`load_from_mmconv`) once
 ``mmengine.runner.checkpoint`` is imported, so ``Pretrained``,
 ``load_from`` and ``resume`` are weights-only everywhere and read
-``.safetensors``. :func:`register_with_mmengine` does each at once when the registry
-module is already imported (``custom_imports`` in a config) and otherwise
-as soon as it is, so ``import mmconv`` and the command lines never import
+``.safetensors``. :func:`register_with_mmengine` does each at once when
+the module is already imported (``custom_imports`` in a config) and
+otherwise as soon as it is, so ``import mmconv`` and the command lines never import
 MMEngine or MMDetection just to register. Building either also adds mmconv's
 allowlist to torch's weights-only loader
 (:func:`mmconv.io.allow_safe_globals_everywhere`).
