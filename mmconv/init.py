@@ -14,6 +14,7 @@ format, :mod:`mmconv.formats`) or, when it already is in the module's own
 layout, loaded as it is, exactly as MMEngine's ``Pretrained`` would; a load
 that leaves the module's tensors unset is an error, not a warning.
 """
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -94,6 +95,7 @@ class SelfSupPretrainedInit(PretrainedInit):
         self.unsafe_load = unsafe_load
         self.result: Optional[Conversion] = None
         self.loaded: List[str] = []
+        self.never_pretrained: List[str] = []
         self.total = 0
 
     def __call__(self, module: nn.Module) -> None:
@@ -108,6 +110,15 @@ class SelfSupPretrainedInit(PretrainedInit):
         state_dict, how = self._choose(checkpoint, target)
         print_log(f'SelfSupPretrained: {self.checkpoint}: {how}',
                   logger='current')
+        self.never_pretrained = self._never_pretrained(target, state_dict)
+        if self.never_pretrained:
+            target = {k: v for k, v in target.items()
+                      if k not in self.never_pretrained}
+            print_log(f'SelfSupPretrained: {len(self.never_pretrained)} '
+                      'tensors no pre-trained checkpoint of this family has '
+                      'keep their initialisation: '
+                      f'{", ".join(self.never_pretrained)}',
+                      logger='current')
         loadable, mismatched = {}, []
         for key, tensor in state_dict.items():
             if key not in own:
@@ -128,6 +139,16 @@ class SelfSupPretrainedInit(PretrainedInit):
         })
         if hasattr(module, '_params_init_info'):
             update_init_info(module, init_info=self._get_init_info())
+
+    def _never_pretrained(self, target: Dict[str, torch.Tensor],
+                          state_dict: Dict[str, torch.Tensor]) -> List[str]:
+        """Module keys absent from the file that the source family declares
+        as never pre-trained (``Family.never_pretrained``)."""
+        if self.result is None:
+            return []
+        patterns = self.result.family.never_pretrained
+        return [k for k in target if k not in state_dict
+                and any(re.search(p, k) for p in patterns)]
 
     @property
     def format_name(self) -> str:

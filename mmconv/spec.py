@@ -100,6 +100,11 @@ class Family:
             conversion of the family (result checks, decisions, notes).
         targets (tuple[str]): Targets it converts to; the first is the
             default.
+        never_pretrained (tuple[str]): Regexes of target-module keys no
+            pre-trained checkpoint of the family has (ViTDet's relative
+            position tables): ``SelfSupPretrained`` leaves them at their
+            initialisation, lists them, and does not count them against
+            ``min_coverage``.
     """
 
     name: str
@@ -107,6 +112,7 @@ class Family:
     options: Tuple[str, ...] = ()
     finish: Tuple[Surgery, ...] = ()
     targets: Tuple[str, ...] = ('mmdet', )
+    never_pretrained: Tuple[str, ...] = ()
 
     @property
     def default_target(self) -> str:

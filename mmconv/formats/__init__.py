@@ -14,6 +14,9 @@ module              declares
                     torchvision, MMDetection backbones
 :mod:`.detectron2`  detectron2/detrex ResNets, Caffe2/Detectron1 blobs
 :mod:`.detr`        DETR, Deformable, Conditional, DN-Deformable DETR
+:mod:`.vit`         self-supervised ViTs (MAE, DINO, DINOv2 with registers,
+                    iBOT, MoCo v3, mmpretrain, timm) -> the ViTDet backbone
+                    of :mod:`mmconv.models`
 ==================  ==========================================================
 
 A new family is one new module that calls :func:`~mmconv.spec.register`
@@ -30,7 +33,7 @@ from ..spec import (FAMILIES, FORMATS, OPTIONS, TARGETS, Family, Rule,
 MMDET = Target('mmdet', 'MMDetection')
 register(MMDET)
 
-from . import resnet, selfsup, detectron2, detr  # noqa: E402,F401,I001
+from . import resnet, selfsup, detectron2, detr, vit  # noqa: E402,F401,I001
 
 
 __all__ = [

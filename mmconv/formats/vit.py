@@ -1,0 +1,551 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""Self-supervised Vision Transformers -> mmconv's ``ViTDet`` backbone.
+
+The canonical names of the ``vit`` family are those of
+:class:`mmconv.models.ViTDet`, which are timm's ``VisionTransformer`` names
+(``patch_embed.proj``, ``pos_embed`` of the patch tokens only, ``blocks.N.
+{norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2,
+ls2.gamma}``, ``norm``); the output is a bare backbone state dict for
+``model.backbone`` (``{'state_dict', 'meta'}``).
+
+====================  =========================================================
+format                layout (as the official code saves it)
+====================  =========================================================
+``mae``               facebookresearch/mae training checkpoint ``{'model':
+                      encoder + decoder_* + mask_token, 'optimizer', 'epoch',
+                      'scaler', 'args'}``
+``timm_vit``          a bare timm-layout ViT: timm ``VisionTransformer``
+                      state dicts (``reg_token``; DINOv2-in-timm with
+                      ``no_embed_class``), MAE's released encoder-only
+                      ``mae_pretrain_vit_{base,large,huge}.pth``
+                      (``{'model'}``),
+                      DINO's released backbones (bare), iBOT's released
+                      ``checkpoint_teacher.pth``, an already-converted file
+``dinov2``            facebookresearch/dinov2 hub files
+                      ``dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth`` and the
+                      training code's ``teacher_checkpoint.pth`` (``{'teacher':
+                      backbone.* (chunked ``blocks.C.N``), dino_head.*,
+                      ibot_head.*}``)
+``dino_vit``          facebookresearch/dino full checkpoint ``{student,
+                      teacher, optimizer, epoch, args, dino_loss}`` (ViT)
+``ibot``              bytedance/ibot full checkpoint ``{student, teacher,
+                      optimizer, epoch, args, ibot_loss}`` (ViT)
+``mocov3_vit``        facebookresearch/moco-v3 ``{epoch, arch, state_dict,
+                      optimizer, scaler}`` (ViT, ``module.base_encoder``)
+``mmpretrain_vit``    open-mmlab/mmpretrain 1.x self-supervised ViT algorithms
+                      (MAE, MoCoV3, ...; MMEngine checkpoint, mmpretrain's own
+                      ``backbone.layers.N.ln1/attn/ffn`` naming)
+====================  =========================================================
+
+What the conversion does besides renaming (the report lists every tensor):
+
+* the class token, register tokens (DINOv2 ``register_tokens``, timm
+  ``reg_token``), mask tokens, decoders and heads are dropped with reasons;
+* :func:`strip_class_slot` / :func:`strip_prefix_slots` remove the
+  class/register slots of ``pos_embed`` (the detector feeds patch tokens
+  only), recorded in ``changed`` with the number of slots;
+* DINOv2's ``BlockChunk`` keys ``blocks.C.N`` become ``blocks.N`` (the
+  chunk-local index is already the flat index: chunk ``C`` is padded with
+  ``nn.Identity`` up to its first block) and its SwiGLU ``mlp.w12`` /
+  ``mlp.w3`` become ``mlp.fc1`` / ``mlp.fc2`` (same packing), both in the
+  rule tables; :func:`check_block_chunks` checks the chunk layout;
+* the family step :func:`vit_architecture` checks that the result is one
+  complete, consistent ViT and records the ``ViTDet`` arguments the weights
+  imply (``meta['vit']``, the ``vit:`` summary line, the config hints).
+  Attention heads are not in the weights (``qkv`` is ``(3C, C)`` for any
+  head count): they come from the official model definitions
+  (:data:`NUM_HEADS`), and the summary says so.
+
+LayerScale (DINOv2, timm ``init_values``) is carried as ``ls1.gamma`` /
+``ls2.gamma``: the config must then set ``layer_scale`` (any value; the
+checkpoint's gammas replace it).
+"""
+import math
+import re
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+
+from ..spec import Family, Rule, SourceFormat, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..pipeline import Conversion, Request
+
+__all__ = [
+    'VIT_FAMILY', 'VIT_FORMATS', 'NUM_HEADS', 'strip_class_slot',
+    'strip_prefix_slots', 'check_block_chunks', 'vit_architecture',
+    'infer_vit'
+]
+
+#: Attention heads of the official models by width (the weights do not
+#: record them): timm / DeiT / MAE / DINO / iBOT / DINOv2 ViT-Ti, S, B, L,
+#: H (MAE ViT-H/14: 1280, 16 heads), g (DINOv2 giant2: 1536, 24 heads).
+NUM_HEADS: Dict[int, int] = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16,
+                             1536: 24}
+#: Formats whose official models differ from :data:`NUM_HEADS`: MoCo v3's
+#: ``vit_small`` (moco-v3 vits.py) and mmpretrain's ``mocov3-small`` arch
+#: have 12 heads of 32 channels.
+FORMAT_NUM_HEADS: Dict[str, Dict[int, int]] = {'mocov3_vit': {384: 12}}
+
+# --- rule groups ---------------------------------------------------------
+_DROP_TOKENS = (
+    ('cls_token$', 'class token (the detector feeds patch tokens only)'),
+    ('reg_token$', 'register tokens (timm reg_token; not used by the '
+     'detector)'),
+    ('register_tokens$', 'register tokens (DINOv2 *_reg4; not used by the '
+     'detector)'),
+    ('mask_token$', 'mask token (masked-image-modelling input)'),
+    ('masked_embed$', 'iBOT mask embedding (masked-image-modelling input)'),
+    ('head\\.', 'classification head slot'),
+    ('fc_norm\\.', 'norm of the pooled feature (timm global_pool)'),
+)
+
+
+def _timm_body(prefix: str, what: str) -> Tuple[Rule, ...]:
+    """Rules for a timm-layout ViT under the regex ``prefix`` (anchored):
+    tokens and head dropped, SwiGLU ``w12``/``w3`` and DINOv2 chunked
+    ``blocks.C.N`` renamed, the rest kept under the same name."""
+    rules = tuple((f'{prefix}{tail}', None, why)
+                  for tail, why in _DROP_TOKENS)
+    block = prefix + r'blocks\.(?:\d+\.)?(\d+)\.'
+    return rules + (
+        (block + r'mlp\.w12\.', r'blocks.\1.mlp.fc1.',
+         f'{what}: SwiGLU w12 (packed [gate; value]) = ViTDet mlp.fc1'),
+        (block + r'mlp\.w3\.', r'blocks.\1.mlp.fc2.',
+         f'{what}: SwiGLU w3 = ViTDet mlp.fc2'),
+        (block, r'blocks.\1.',
+         f'{what}: transformer block (DINOv2 blocks.C.N -> blocks.N)'),
+        (prefix + r'(patch_embed\.proj\.|pos_embed$|norm\.)', r'\1',
+         f'{what}: patch embedding / position embedding / final norm'),
+    )
+
+
+_MODULE = r'^(?:module\.)?'
+
+# fmt: off
+MAE_RULES: Tuple[Rule, ...] = (
+    (r'^decoder_', None, 'MAE decoder (pixel reconstruction)'),
+    (r'^mask_token$', None, 'MAE decoder mask token'),
+) + _timm_body('^', 'MAE encoder')
+
+TIMM_RULES: Tuple[Rule, ...] = _timm_body('^', 'ViT')
+
+DINOV2_RULES: Tuple[Rule, ...] = (
+    (r'^dino_head\.', None, 'DINOv2 DINO head (image-level prototypes)'),
+    (r'^ibot_head\.', None, 'DINOv2 iBOT head (patch-level prototypes)'),
+) + _timm_body(r'^(?:backbone\.)?', 'DINOv2 backbone')
+
+DINO_VIT_RULES: Tuple[Rule, ...] = (
+    (_MODULE + r'head\.', None, 'DINO projection head (MLP + weight-normalised prototypes)'),
+) + _timm_body(_MODULE + r'backbone\.', 'DINO backbone')
+
+IBOT_RULES: Tuple[Rule, ...] = (
+    (_MODULE + r'head\.', None, 'iBOT head (class and patch projection heads, last_layer/last_layer2)'),
+) + _timm_body(_MODULE + r'backbone\.', 'iBOT backbone')
+
+MOCOV3_VIT_RULES: Tuple[Rule, ...] = (
+    (_MODULE + r'base_encoder\.head\.', None, 'MoCo v3 projection MLP (replaces the ViT head)'),
+    (_MODULE + r'momentum_encoder\.',   None, 'momentum encoder'),
+    (_MODULE + r'predictor\.',          None, 'MoCo v3 prediction MLP'),
+) + _timm_body(_MODULE + r'base_encoder\.', 'MoCo v3 base encoder')
+
+_MMP = r'^backbone\.layers\.(\d+)\.'
+MMPRETRAIN_VIT_RULES: Tuple[Rule, ...] = (
+    (r'^backbone\.(?:cls_token|mask_token)$', None, 'class / mask token (the detector feeds patch tokens only)'),
+    (r'^backbone\.pos_embed$',               'pos_embed',         'position embedding'),
+    (r'^backbone\.patch_embed\.projection\.', 'patch_embed.proj.', 'patch embedding'),
+    (_MMP + r'ln1\.',                r'blocks.\1.norm1.',    'block norm before attention (ln1)'),
+    (_MMP + r'attn\.gamma1\.weight$', r'blocks.\1.ls1.gamma', 'attention LayerScale (gamma1)'),
+    (_MMP + r'attn\.(qkv|proj)\.',   r'blocks.\1.attn.\2.',  'attention'),
+    (_MMP + r'ln2\.',                r'blocks.\1.norm2.',    'block norm before the FFN (ln2)'),
+    (_MMP + r'ffn\.layers\.0\.0\.',  r'blocks.\1.mlp.fc1.',  'FFN first linear'),
+    (_MMP + r'ffn\.layers\.1\.',     r'blocks.\1.mlp.fc2.',  'FFN second linear'),
+    (_MMP + r'ffn\.w12\.',           r'blocks.\1.mlp.fc1.',  'SwiGLU w12 (packed [gate; value])'),
+    (_MMP + r'ffn\.w3\.',            r'blocks.\1.mlp.fc2.',  'SwiGLU w3'),
+    (_MMP + r'ffn\.gamma2\.weight$', r'blocks.\1.ls2.gamma', 'FFN LayerScale (gamma2)'),
+    (r'^backbone\.ln1\.',            'norm.',                'final norm (ln1)'),
+    (r'^neck\.',                     None, 'self-supervised neck (MAE decoder / projector)'),
+    (r'^head\.',                     None, 'self-supervised head (predictor / loss)'),
+    (r'^(?:momentum_encoder|target_net|teacher|target_generator)\.', None, 'momentum / target network'),
+    (r'^data_preprocessor\.',        None, 'data preprocessor buffers'),
+)
+# fmt: on
+
+
+# --- tensor surgery --------------------------------------------------------
+def _square(n: int) -> Optional[int]:
+    """``g`` if ``n == g * g`` else None."""
+    g = math.isqrt(n)
+    return g if g * g == n else None
+
+
+def _slice_pos_embed(conv: 'Conversion', slots: int, name: str,
+                     what: str) -> None:
+    """Remove the first ``slots`` positions of ``pos_embed``."""
+    from ..errors import ConversionError
+    pos = conv.state_dict.get('pos_embed')
+    if pos is None:
+        raise ConversionError(
+            f'no pos_embed in the {conv.format.title} checkpoint: not a '
+            'ViT with absolute position embeddings')
+    if pos.dim() != 3 or pos.shape[0] != 1:
+        raise ConversionError(f'pos_embed has shape {list(pos.shape)}, not '
+                              '(1, tokens, C)')
+    grid = _square(pos.shape[1] - slots)
+    if grid is None:
+        raise ConversionError(
+            f'pos_embed {list(pos.shape)}: {pos.shape[1]} positions minus '
+            f'{slots} {what} slot(s) is not a square patch grid')
+    if slots:
+        after = pos[:, slots:].clone()
+        conv.state_dict['pos_embed'] = after
+        conv.changed.append(
+            ('pos_embed', tuple(pos.shape), tuple(after.shape),
+             f'{name}: {slots} {what} slot(s) removed, the {grid}x{grid} '
+             'patch grid kept'))
+
+
+def strip_class_slot(conv: 'Conversion', request: 'Request') -> None:
+    """``pos_embed`` ``(1, 1 + g*g, C)`` -> ``(1, g*g, C)``.
+
+    The official MAE, DINO, iBOT, MoCo v3 and DINOv2 models add exactly one
+    position slot, the class token's; DINOv2's register tokens are inserted
+    after the position embedding and have none.
+    """
+    _slice_pos_embed(conv, 1, 'strip_class_slot', 'class-token')
+
+
+def _tokens(conv: 'Conversion', name: str) -> int:
+    """Number of tokens of the source's ``*name`` parameter (0 if none)."""
+    pattern = re.compile(rf'(?:^|\.){name}$')
+    for key, value in conv.source.items():
+        if pattern.search(key) and value.dim() == 3:
+            return int(value.shape[1])
+    return 0
+
+
+def strip_prefix_slots(conv: 'Conversion', request: 'Request') -> None:
+    """timm / mmpretrain: remove the class and register slots.
+
+    timm's ``pos_embed`` holds ``num_prefix_tokens`` slots (class token +
+    ``reg_token``) first, or none with ``no_embed_class`` (its DINOv2 ports
+    with registers); which one is read from the grid, which must be square.
+    """
+    from ..errors import ConversionError
+    pos = conv.state_dict.get('pos_embed')
+    prefix = _tokens(conv, 'cls_token') + _tokens(conv, 'reg_token')
+    if pos is None:
+        raise ConversionError('no pos_embed in the checkpoint: not a ViT '
+                              'with absolute position embeddings')
+    if prefix and _square(pos.shape[1] - prefix) is not None:
+        _slice_pos_embed(conv, prefix, 'strip_prefix_slots',
+                         'class/register-token')
+    elif _square(pos.shape[1]) is not None:
+        if prefix:
+            conv.notes.append(
+                f'pos_embed {list(pos.shape)} has no slot for the '
+                f'{prefix} class/register token(s) (timm no_embed_class): '
+                'kept as it is')
+    else:
+        raise ConversionError(
+            f'pos_embed {list(pos.shape)}: neither {pos.shape[1]} nor '
+            f'{pos.shape[1]} - {prefix} class/register slots is a square '
+            'patch grid')
+
+
+def check_block_chunks(conv: 'Conversion', request: 'Request') -> None:
+    """DINOv2 ``BlockChunk``: every block in one chunk, chunks contiguous.
+
+    ``blocks.C.N`` (``block_chunks > 0``, the training default of the large
+    models) pads chunk ``C`` with ``nn.Identity`` up to its first block, so
+    ``N`` already is the flat index; the rules renamed to ``blocks.N``.
+    """
+    from ..errors import ConversionError
+    chunk_of: Dict[int, int] = {}
+    for key in conv.source:
+        m = re.match(r'^(?:backbone\.)?blocks\.(\d+)\.(\d+)\.', key)
+        if m:
+            chunk, block = int(m.group(1)), int(m.group(2))
+            if chunk_of.setdefault(block, chunk) != chunk:
+                raise ConversionError(
+                    f'DINOv2 block {block} appears in chunks '
+                    f'{chunk_of[block]} and {chunk}: not a BlockChunk layout')
+    if not chunk_of:
+        return
+    order = [chunk_of[b] for b in sorted(chunk_of)]
+    if order != sorted(order):
+        raise ConversionError('DINOv2 chunks do not hold contiguous blocks: '
+                              f'{order}')
+    chunks = len(set(order))
+    conv.notes.append(
+        f'DINOv2 BlockChunk layout: {len(chunk_of)} blocks in {chunks} '
+        'chunks, blocks.C.N -> blocks.N (the chunk-local index is the flat '
+        'index)')
+
+
+# --- what the weights imply ------------------------------------------------
+def _mlp_ratio(hidden: int, dim: int) -> float:
+    """A ratio ``r`` with ``int(dim * r) == hidden`` (ViTDet's rule)."""
+    ratio = hidden / dim
+    if int(dim * ratio) != hidden:
+        ratio = (hidden + 0.5) / dim
+    return ratio
+
+
+def _heads(conv: 'Conversion', dim: int) -> Tuple[int, str]:
+    """Attention heads and where the number comes from."""
+    fmt = conv.format.name
+    table = dict(NUM_HEADS)
+    table.update(FORMAT_NUM_HEADS.get(fmt, {}))
+    if fmt == 'mmpretrain_vit' and any(
+            k.startswith('momentum_encoder.') for k in conv.source):
+        table.update(FORMAT_NUM_HEADS['mocov3_vit'])  # mocov3-small arch
+    if dim in table:
+        return table[dim], 'official model definition'
+    return max(1, dim // 64), 'ASSUMED head_dim 64'
+
+
+def infer_vit(state_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """The ViTDet arguments a converted state dict implies, or raise.
+
+    Args:
+        state_dict (dict): ViTDet-named tensors.
+
+    Returns:
+        dict: ``embed_dim``, ``depth``, ``patch_size``, ``in_channels``,
+        ``img_size``, ``mlp_ratio``, ``mlp``, ``qkv_bias``, ``layer_scale``
+        (bool), ``final_norm`` (no ``num_heads``: not in the weights).
+
+    Raises:
+        ConversionError: Not one complete, consistent ViT (lists the
+            missing, unexpected and mis-shaped tensors).
+    """
+    from ..errors import ConversionError
+    for key in ('patch_embed.proj.weight', 'pos_embed',
+                'blocks.0.mlp.fc1.weight', 'blocks.0.mlp.fc2.weight'):
+        if key not in state_dict:
+            raise ConversionError(f'no {key} after conversion: not a ViT '
+                                  f'backbone ({len(state_dict)} tensors)')
+    proj = state_dict['patch_embed.proj.weight']
+    if proj.dim() != 4 or proj.shape[2] != proj.shape[3]:
+        raise ConversionError(f'patch_embed.proj.weight {list(proj.shape)} '
+                              'is not a square patch projection')
+    dim, in_channels, patch = (int(proj.shape[0]), int(proj.shape[1]),
+                               int(proj.shape[2]))
+    blocks = sorted({int(m.group(1)) for m in (
+        re.match(r'blocks\.(\d+)\.', k) for k in state_dict) if m})
+    depth = len(blocks)
+    if blocks != list(range(depth)):
+        raise ConversionError(f'transformer blocks {blocks} are not '
+                              f'numbered 0..{depth - 1}')
+    hidden = int(state_dict['blocks.0.mlp.fc1.weight'].shape[0])
+    fc2_in = int(state_dict['blocks.0.mlp.fc2.weight'].shape[1])
+    if fc2_in == hidden:
+        mlp = 'mlp'
+    elif 2 * fc2_in == hidden:
+        mlp = 'swiglu'
+    else:
+        raise ConversionError(
+            f'blocks.0.mlp: fc1 gives {hidden} channels, fc2 takes {fc2_in}: '
+            'neither an MLP nor a packed SwiGLU')
+    grid = _square(int(state_dict['pos_embed'].shape[1]))
+    if grid is None:
+        shape = list(state_dict['pos_embed'].shape)
+        raise ConversionError(f'pos_embed {shape} is not a square patch '
+                              'grid')
+    args = dict(embed_dim=dim, depth=depth, patch_size=patch,
+                in_channels=in_channels, img_size=grid * patch,
+                mlp_ratio=_mlp_ratio(hidden, dim), mlp=mlp,
+                qkv_bias='blocks.0.attn.qkv.bias' in state_dict,
+                layer_scale='blocks.0.ls1.gamma' in state_dict,
+                final_norm='norm.weight' in state_dict)
+    expected = _expected_shapes(args, hidden, fc2_in, grid)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f'{k} {list(state_dict[k].shape)} (expected {list(s)})'
+             for k, s in expected.items()
+             if k in state_dict and tuple(state_dict[k].shape) != s]
+    if missing or unexpected or wrong:
+        parts = [f'{name}: {", ".join(items[:4])}' + (
+            f' (+{len(items) - 4})' if len(items) > 4 else '')
+            for name, items in (('missing', missing),
+                                ('unexpected', unexpected),
+                                ('mis-shaped', wrong)) if items]
+        raise ConversionError(
+            f'not a consistent ViT (embed_dim={dim}, depth={depth}, '
+            f'patch_size={patch}): ' + '; '.join(parts))
+    return args
+
+
+def _expected_shapes(args: Dict[str, Any], hidden: int, fc2_in: int,
+                     grid: int) -> Dict[str, Tuple[int, ...]]:
+    """Every tensor of the ViTDet ``args`` describe (no rel pos)."""
+    c, p = args['embed_dim'], args['patch_size']
+    out: Dict[str, Tuple[int, ...]] = {
+        'patch_embed.proj.weight': (c, args['in_channels'], p, p),
+        'patch_embed.proj.bias': (c, ),
+        'pos_embed': (1, grid * grid, c),
+    }
+    for i in range(args['depth']):
+        b = f'blocks.{i}.'
+        out.update({
+            b + 'norm1.weight': (c, ), b + 'norm1.bias': (c, ),
+            b + 'attn.qkv.weight': (3 * c, c),
+            b + 'attn.proj.weight': (c, c), b + 'attn.proj.bias': (c, ),
+            b + 'norm2.weight': (c, ), b + 'norm2.bias': (c, ),
+            b + 'mlp.fc1.weight': (hidden, c), b + 'mlp.fc1.bias': (hidden, ),
+            b + 'mlp.fc2.weight': (c, fc2_in), b + 'mlp.fc2.bias': (c, ),
+        })
+        if args['qkv_bias']:
+            out[b + 'attn.qkv.bias'] = (3 * c, )
+        if args['layer_scale']:
+            out[b + 'ls1.gamma'] = (c, )
+            out[b + 'ls2.gamma'] = (c, )
+    if args['final_norm']:
+        out['norm.weight'] = (c, )
+        out['norm.bias'] = (c, )
+    return out
+
+
+def _yes(flag: bool) -> str:
+    return 'yes' if flag else 'no'
+
+
+def vit_architecture(conv: 'Conversion', request: 'Request') -> None:
+    """Family step: check the result is one ViT and record the ViTDet
+    arguments it implies (``meta['vit']``, summary line, config hints)."""
+    args = infer_vit(conv.state_dict)
+    heads, why = _heads(conv, args['embed_dim'])
+    args['num_heads'] = heads
+    conv.meta['vit'] = dict(args)
+    ratio = round(args['mlp_ratio'], 6)
+    conv.lines.append(
+        f'vit:      embed_dim={args["embed_dim"]} depth={args["depth"]} '
+        f'num_heads={heads} patch_size={args["patch_size"]} '
+        f'img_size={args["img_size"]} mlp_ratio={ratio:g} '
+        f'layer_scale={_yes(args["layer_scale"])} mlp={args["mlp"]} '
+        f'qkv_bias={_yes(args["qkv_bias"])} '
+        f'final_norm={_yes(args["final_norm"])}')
+    conv.notes.append(
+        f'num_heads={heads} is not recorded in the weights ({why}); set it '
+        'in the config if your model differs')
+    if args['layer_scale']:
+        conv.notes.append(
+            'LayerScale is carried (blocks.N.ls1.gamma / ls2.gamma): build '
+            'ViTDet with layer_scale set (any value, e.g. 1e-5; the '
+            'checkpoint replaces it) or these tensors do not load')
+    if args['final_norm']:
+        conv.notes.append(
+            'the final norm is kept (norm.*): ViTDet uses it only with '
+            'final_norm=True; the ViTDet recipe (final_norm=False) leaves it '
+            'unused')
+    if args['patch_size'] != 16:
+        conv.notes.append(
+            f'patch size {args["patch_size"]}: SimpleFPN strides are '
+            f'simple_fpn_strides({args["patch_size"]}) (anchor generator '
+            'and RoI extractors must use them)')
+    conv.hints = lambda dst: _hints(args, dst)
+
+
+def _hints(args: Dict[str, Any], dst: str) -> str:
+    """The config lines that use the converted file."""
+    from_vit = (
+        f"type='ViTDet', img_size={args['img_size']}, "
+        f"patch_size={args['patch_size']}, embed_dim={args['embed_dim']}, "
+        f"depth={args['depth']}, num_heads={args['num_heads']}, "
+        f"mlp_ratio={args['mlp_ratio']!r}, qkv_bias={args['qkv_bias']}, "
+        f"layer_scale={1e-5 if args['layer_scale'] else None}, "
+        f"mlp='{args['mlp']}'")
+    lines = [
+        "custom_imports = dict(imports=['mmconv'], "
+        'allow_failed_imports=False)',
+        f'model = dict(backbone=dict({from_vit},',
+        "    init_cfg=dict(type='Pretrained', "
+        f"checkpoint='{dst}')),",
+        f"    neck=dict(type='SimpleFPN', "
+        f"backbone_channel={args['embed_dim']}))",
+    ]
+    if args['patch_size'] != 16:
+        lines.append(f'# strides: mmconv.models.simple_fpn_strides('
+                     f'{args["patch_size"]}) for the anchor generator and '
+                     'the RoI extractors')
+    return '\n'.join(lines)
+
+
+# --- declarations ----------------------------------------------------------
+VIT_FAMILY = Family('vit', 'Vision Transformer backbone',
+                    options=('select', 'prefix'),
+                    finish=(vit_architecture, ), targets=('mmdet', ),
+                    never_pretrained=(r'(?:^|\.)attn\.rel_pos_[hw]$', ))
+
+_QKV0 = r'blocks\.0\.attn\.qkv\.weight$'
+
+# fmt: off
+VIT_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'mae', 'vit', 'MAE (encoder + decoder training checkpoint)',
+        rules=MAE_RULES,
+        sentinels=(r'^decoder_embed\.weight$', '^' + _QKV0,
+                   r'^patch_embed\.proj\.weight$', r'^pos_embed$'),
+        containers=('model', ), surgery=(strip_class_slot, ),
+        released=('checkpoint-799.pth', ),
+        source='facebookresearch/mae: main_pretrain.py (util/misc.save_model) saves {model, optimizer, epoch, scaler, args}; models_mae.MaskedAutoencoderViT'),
+    SourceFormat(
+        'dinov2', 'vit', 'DINOv2 (hub backbone or training teacher)',
+        rules=DINOV2_RULES,
+        sentinels=(r'^(?:backbone\.)?mask_token$',
+                   r'^(?:backbone\.)?blocks\.0\.(?:0\.)?ls1\.gamma$',
+                   r'^(?:backbone\.)?patch_embed\.proj\.weight$',
+                   r'^(?:backbone\.)?pos_embed$'),
+        containers=('teacher', ), surgery=(check_block_chunks, strip_class_slot),
+        released=('dinov2_vits14_pretrain.pth', 'dinov2_vitb14_pretrain.pth',
+                  'dinov2_vitl14_pretrain.pth', 'dinov2_vitg14_pretrain.pth',
+                  'dinov2_vits14_reg4_pretrain.pth', 'dinov2_vitb14_reg4_pretrain.pth',
+                  'teacher_checkpoint.pth'),
+        source='facebookresearch/dinov2: hub/backbones.py releases the bare DinoVisionTransformer state dict; train/train.py do_test saves {teacher: {backbone, dino_head, ibot_head}}'),
+    SourceFormat(
+        'ibot', 'vit', 'iBOT (ViT, teacher/student checkpoint)',
+        rules=IBOT_RULES,
+        sentinels=(_MODULE + r'head\.last_layer2\.weight_[gv]$',
+                   _MODULE + r'head\.last_layer\.weight_[gv]$',
+                   _MODULE + r'backbone\.' + _QKV0),
+        containers=('teacher', 'student'), surgery=(strip_class_slot, ),
+        released=('checkpoint.pth', ),
+        source='bytedance/ibot: main_ibot.py saves {student, teacher, optimizer, epoch, args, ibot_loss[, fp16_scaler]}; the teacher head shares last_layer as last_layer2'),
+    SourceFormat(
+        'dino_vit', 'vit', 'DINO (ViT, teacher/student checkpoint)',
+        rules=DINO_VIT_RULES,
+        sentinels=(_MODULE + r'head\.last_layer\.weight_[gv]$',
+                   _MODULE + r'backbone\.' + _QKV0),
+        containers=('teacher', 'student'), surgery=(strip_class_slot, ),
+        released=('dino_deitsmall16_pretrain_full_checkpoint.pth',
+                  'dino_vitbase16_pretrain_full_checkpoint.pth',
+                  'dino_deitsmall8_pretrain_full_checkpoint.pth'),
+        source='facebookresearch/dino: main_dino.py saves {student, teacher, optimizer, epoch, args, dino_loss}'),
+    SourceFormat(
+        'mocov3_vit', 'vit', 'MoCo v3 (ViT)',
+        rules=MOCOV3_VIT_RULES,
+        sentinels=(_MODULE + r'base_encoder\.' + _QKV0,
+                   _MODULE + r'base_encoder\.pos_embed$'),
+        surgery=(strip_class_slot, ),
+        released=('vit-s-300ep.pth.tar', 'vit-b-300ep.pth.tar'),
+        source='facebookresearch/moco-v3: main_moco.py saves {epoch, arch, state_dict, optimizer, scaler} of the DDP model'),
+    SourceFormat(
+        'mmpretrain_vit', 'vit', 'mmpretrain self-supervised ViT (MAE, MoCoV3, ...)',
+        rules=MMPRETRAIN_VIT_RULES,
+        sentinels=(r'^backbone\.layers\.0\.attn\.qkv\.weight$',
+                   r'^backbone\.patch_embed\.projection\.weight$'),
+        surgery=(strip_prefix_slots, ),
+        source='open-mmlab/mmpretrain 1.x: MMEngine checkpoint {meta, state_dict, message_hub, optimizer, ...}; VisionTransformer / MAEViT / MoCoV3ViT'),
+    SourceFormat(
+        'timm_vit', 'vit', 'timm-layout ViT (timm, MAE/DINO/iBOT released backbones)',
+        rules=TIMM_RULES,
+        sentinels=('^' + _QKV0, r'^patch_embed\.proj\.weight$', r'^pos_embed$'),
+        containers=('model', 'state_dict'), surgery=(strip_prefix_slots, ),
+        released=('mae_pretrain_vit_base.pth', 'mae_pretrain_vit_large.pth',
+                  'mae_pretrain_vit_huge.pth', 'dino_deitsmall16_pretrain.pth',
+                  'dino_vitbase16_pretrain.pth', 'dino_deitsmall8_pretrain.pth',
+                  'checkpoint_teacher.pth'),
+        source='timm VisionTransformer state dicts; MAE releases {model: encoder}; DINO releases the bare backbone; iBOT checkpoint_teacher.pth'),
+)
+# fmt: on
+
+register(VIT_FAMILY, *VIT_FORMATS)

@@ -1,0 +1,171 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""configs/vitdet: every config parses and builds (a tiny ViT through
+cfg-options), and (slow) trains two iterations with `mim train mmdet` on a
+tiny COCO set from a raw checkpoint in the source's official layout."""
+import glob
+import json
+import math
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+
+from tests.fixtures import vit_layouts as L
+from tests.test_configs import BIN, ROOT, tiny_coco  # noqa: F401 (fixture)
+
+VIT_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'vitdet',
+                                            '*.py')))
+
+
+def _name(path: str) -> str:
+    return os.path.basename(path)
+
+
+def _layout_for(path: str) -> L.ViTLayout:
+    """A raw checkpoint of the source the config names (small model)."""
+    base = _name(path)
+    if '-mae-' in base:
+        return L.build_mae_training()
+    if '-dino-' in base:
+        return L.build_dino_teacher()
+    if '-mocov3-' in base:
+        return L.build_mocov3_vit()
+    if '-dinov2-reg4-' in base:
+        return L.build_dinov2_hub('vits14_reg4')
+    if 's14-dinov2-' in base:
+        return L.build_dinov2_teacher()  # chunked teacher_checkpoint.pth
+    if '-dinov2-' in base:
+        return L.build_dinov2_hub('vits14')
+    raise LookupError(base)
+
+
+def _tiny_vit(layout: L.ViTLayout) -> dict:
+    """cfg-options that make the config's ViT the layout's size."""
+    args = layout.vitdet
+    return {
+        'model.backbone.img_size': args['img_size'],
+        'model.backbone.embed_dim': args['embed_dim'],
+        'model.backbone.depth': args['depth'],
+        'model.backbone.num_heads': args['num_heads'],
+        'model.backbone.window_size': 4,
+        'model.backbone.global_attn_indexes': [args['depth'] - 1],
+        'model.backbone.rel_pos_img_size': 128,
+        'model.neck.backbone_channel': args['embed_dim'],
+    }
+
+
+def test_names_are_selfsup_raw_and_unique():
+    import mmdet
+    names = [_name(p) for p in VIT_CONFIGS]
+    assert len(names) == 7 and all('selfsup-raw' in n for n in names)
+    theirs = {os.path.basename(p) for p in glob.glob(os.path.join(
+        os.path.dirname(mmdet.__file__), '.mim', 'configs', '**', '*.py'),
+        recursive=True)}
+    assert not set(names) & theirs
+
+
+@pytest.mark.parametrize('path', VIT_CONFIGS, ids=map(_name, VIT_CONFIGS))
+def test_vit_config_parses_and_builds(path, tmp_path):
+    """The config builds with a tiny ViT; its init loads the raw file."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    cfg = Config.fromfile(path)
+    assert cfg.custom_imports == dict(imports=['mmconv'],
+                                      allow_failed_imports=False)
+    backbone = cfg.model.backbone
+    assert backbone.type == 'ViTDet'
+    assert backbone.init_cfg.type == 'SelfSupPretrained'
+    patch = backbone.patch_size
+    from mmconv.models import simple_fpn_strides
+    strides = simple_fpn_strides(patch)
+    assert cfg.model.rpn_head.anchor_generator.strides == strides
+    assert cfg.model.roi_head.bbox_roi_extractor.featmap_strides == \
+        strides[:4]
+    assert cfg.model.roi_head.mask_roi_extractor.featmap_strides == \
+        strides[:4]
+    assert cfg.model.neck.backbone_channel == backbone.embed_dim
+    if 'dinov2' in path:
+        assert patch == 14 and backbone.layer_scale is not None
+    layout = _layout_for(path)
+    assert layout.vitdet['patch_size'] == patch
+    src = str(tmp_path / layout.filename)
+    torch.save(layout.checkpoint, src)
+    options = _tiny_vit(layout)
+    options['model.backbone.init_cfg.checkpoint'] = src
+    cfg.merge_from_dict(options)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    model.backbone.init_weights()
+    state = model.backbone.state_dict()
+    for key, value in layout.expected.items():
+        if key.startswith('norm.'):
+            assert key not in state  # final_norm=False (ViTDet)
+            continue
+        assert torch.equal(state[key], value), key
+
+
+def _train_options(data: str, layout: L.ViTLayout, src: str) -> list:
+    ann = os.path.join(data, 'annotations', 'instances_val2017.json')
+    opts = [f'{k}={v}'.replace(' ', '') for k, v in _tiny_vit(layout).items()]
+    opts += [
+        f'train_dataloader.dataset.dataset.data_root={data}/',
+        'train_dataloader.dataset.times=1',
+        f'val_dataloader.dataset.data_root={data}/',
+        f'test_dataloader.dataset.data_root={data}/',
+        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+        'train_dataloader.dataset.dataset.pipeline.2.scale=(128,128)',
+        'train_dataloader.dataset.dataset.pipeline.3.crop_size=(128,128)',
+        'model.data_preprocessor.batch_augments.0.size=(128,128)',
+        'train_dataloader.batch_size=1', 'train_cfg.max_epochs=1',
+        'train_cfg.val_interval=2', 'default_hooks.logger.interval=1',
+        'default_hooks.checkpoint.interval=1', 'randomness.seed=0',
+        f'model.backbone.init_cfg.checkpoint={src}',
+    ]
+    for split in ('train', 'val', 'test'):
+        opts += [f'{split}_dataloader.num_workers=0',
+                 f'{split}_dataloader.persistent_workers=False']
+    return opts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', VIT_CONFIGS, ids=map(_name, VIT_CONFIGS))
+def test_mim_train_vit(path, tiny_coco, tmp_path):  # noqa: F811
+    """`mim train mmdet CONFIG` for two iterations from the raw file: exit
+    0, finite losses, checkpoint saved, every pre-trained backbone tensor
+    at iteration 0 bit-identical to the raw file's."""
+    layout = _layout_for(path)
+    src = str(tmp_path / layout.filename)
+    torch.save(layout.checkpoint, src)
+    work = tmp_path / 'work'
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
+               os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
+    cmd = [os.path.join(BIN, 'mim'), 'train', 'mmdet', path, '--work-dir',
+           str(work), '--cfg-options'] + _train_options(tiny_coco, layout,
+                                                        src)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    row = re.search(r'^backbone\s+(\d+)\s+(\d+)\s+(\S+)\s+(.+)$', output,
+                    re.M)
+    assert row, output[-3000:]
+    depth = layout.vitdet['depth']
+    # every parameter but the (zero-initialised) relative position tables
+    assert int(row.group(3)) == int(row.group(1)) - 2 * depth, row.group(0)
+    scalars = glob.glob(str(work / '*' / 'vis_data' / 'scalars.json'))
+    losses = [json.loads(line)['loss'] for line in open(scalars[0])
+              if '"loss"' in line]
+    assert len(losses) >= 2 and all(math.isfinite(x) for x in losses)
+    saved = torch.load(str(work / 'epoch_1.pth'), map_location='cpu',
+                       weights_only=False)
+    backbone = {k[len('backbone.'):] for k in saved['state_dict']
+                if k.startswith('backbone.')}
+    expected = {k for k in layout.expected if not k.startswith('norm.')}
+    rel = {f'blocks.{i}.attn.rel_pos_{a}' for i in range(depth)
+           for a in 'hw'}
+    assert backbone == expected | rel
