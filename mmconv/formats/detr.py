@@ -13,6 +13,11 @@ format                 official repository (model)                 MMDetection m
                        (``-m dn_dab_deformable_detr``)             backbone, neck, encoder,
                                                                    decoder layers and heads
                                                                    only (see below)
+``dino_4scale``        IDEA-Research/DINO (``DINO_4scale.py``)     ``DINO`` (see below)
+``dino_5scale``        IDEA-Research/DINO (``DINO_5scale.py``)     ``DINO``, 5 levels
+``dab_detr``           IDEA-Research/DAB-DETR (``-m dab_detr``)    ``DABDETR`` (exact)
+``dab_deformable_detr`` IDEA-Research/DAB-DETR                     ``DeformableDETR`` refine:
+                       (``-m dab_deformable_detr``)                as DN-Deformable-DETR
 =====================  ==========================================  ==========================
 
 The official training scripts save ``{'model', 'optimizer', 'lr_scheduler',
@@ -76,6 +81,32 @@ branches. Not carried (listed as dropped with these reasons):
 ``transformer.decoder.ref_point_head``, ``transformer.decoder.query_scale``;
 MMDetection's ``query_embedding`` and ``reference_points_fc`` stay at their
 initialisation, so the result needs fine-tuning before it detects anything.
+DAB-Deformable-DETR (the model DN-Deformable-DETR adds denoising to; told
+apart by DN's ``label_enc``) converts the same way; not carried:
+``tgt_embed``, ``refpoint_embed``, ``transformer.decoder.ref_point_head``,
+``transformer.decoder.query_scale``.
+
+DINO (IDEA-Research/DINO, :data:`DINO_4SCALE_RULES` /
+:data:`DINO_5SCALE_RULES`; 5-scale takes C2-C5 so ``input_proj.3`` is a
+backbone level and ``input_proj.4`` the extra one): Deformable DETR
+layers, ``transformer.tgt_embed`` -> ``query_embedding``, the final decoder
+norm, ``ref_point_head``. The six decoder heads are *one* Linear and *one*
+MLP registered as ``class_embed.N``, ``bbox_embed.N`` and
+``transformer.decoder.{class,bbox}_embed.N`` (``dec_pred_*_embed_share``):
+each output branch 0..5 is that tensor (MMDetection's branches are
+separate copies with the same values), the second names merge as
+aliases. The two-stage heads ``transformer.enc_out_{class,bbox}_embed``
+are separate modules and become branch 6 (``cls_branches[num_layers]``,
+:func:`dino_proposal_branch`). Classes: every branch, the proposal one too
+(both codes rank proposals by their best class, unlike Deformable DETR's
+objectness), and the denoising ``label_enc`` (92 rows: ids 0..90 plus one
+row DINO never indexes; :func:`remap_label_embedding`) -> 80 classes.
+
+DAB-DETR (:data:`DAB_DETR_RULES`): Conditional-DETR decoder attention, PReLU
+FFNs (``activation.weight`` -> ``ffn.layers.0.1.weight``), encoder and
+decoder ``query_scale``, ``ref_anchor_head``, 4-d anchor queries
+``refpoint_embed`` -> ``query_embedding``, one box MLP shared by every layer
+(``bbox_embed`` = ``transformer.decoder.bbox_embed``, aliases).
 """
 import re
 from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
@@ -89,9 +120,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     'COCO_CATEGORY_IDS', 'DETR_RULES', 'DEFORMABLE_DETR_RULES',
-    'CONDITIONAL_DETR_RULES', 'DN_DEFORMABLE_DETR_RULES', 'DETR_FAMILY',
-    'DETR_FORMATS', 'remap_coco_classes', 'keep_objectness_rows',
-    'detr_variant'
+    'CONDITIONAL_DETR_RULES', 'DN_DEFORMABLE_DETR_RULES',
+    'DAB_DETR_RULES', 'DAB_DEFORMABLE_DETR_RULES', 'DINO_4SCALE_RULES',
+    'DINO_5SCALE_RULES', 'DETR_FAMILY', 'DETR_FORMATS', 'remap_coco_classes',
+    'keep_objectness_rows', 'remap_label_embedding', 'detr_variant'
 ]
 
 #: The 80 COCO category ids that MMDetection's ``CocoDataset`` numbers
@@ -154,7 +186,9 @@ DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES + (
     (_DEC + r'\.multihead_attn\.', r'decoder.layers.\1.cross_attn.attn.', 'decoder cross-attention (packed in_proj kept packed)'),
 ) + _DETR_DECODER_TAIL + _DETR_HEAD
 
-CONDITIONAL_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES + tuple(
+#: Conditional DETR / DAB-DETR decoder attention: separate content and
+#: position projections, one to one onto MMDetection's ConditionalAttention.
+_CONDITIONAL_DECODER_ATTENTION: Tuple[Rule, ...] = tuple(
     (_DEC + rf'\.sa_{p}_proj\.', rf'decoder.layers.\1.self_attn.{p}_proj.', f'conditional self-attention {p} projection')
     for p in ('qcontent', 'qpos', 'kcontent', 'kpos', 'v')
 ) + (
@@ -164,6 +198,9 @@ CONDITIONAL_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES +
     for p in ('qcontent', 'qpos', 'kcontent', 'kpos', 'v', 'qpos_sine')
 ) + (
     (_DEC + r'\.cross_attn\.out_proj\.', r'decoder.layers.\1.cross_attn.out_proj.', 'conditional cross-attention output projection'),
+)
+
+CONDITIONAL_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES + _CONDITIONAL_DECODER_ATTENTION + (
     (r'^transformer\.decoder\.query_scale\.',    'decoder.query_scale.',    'conditional spatial query scale MLP'),
     (r'^transformer\.decoder\.ref_point_head\.', 'decoder.ref_point_head.', 'reference point MLP'),
 ) + _DETR_DECODER_TAIL + _DETR_HEAD
@@ -171,7 +208,7 @@ CONDITIONAL_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES +
 #: Deformable DETR: multi-scale deformable attention has the same four
 #: linears (sampling_offsets, attention_weights, value_proj, output_proj,
 #: same output ordering) in the official op and in mmcv's.
-_DEFORMABLE_TRANSFORMER: Tuple[Rule, ...] = (
+_DEFORMABLE_LAYERS: Tuple[Rule, ...] = (
     (r'^transformer\.level_embed$', 'level_embed', 'level embedding'),
     (_ENC + r'\.self_attn\.', r'encoder.layers.\1.self_attn.', 'encoder deformable attention'),
     (_ENC + r'\.linear1\.',   r'encoder.layers.\1.ffn.layers.0.0.', 'encoder FFN linear1'),
@@ -186,9 +223,17 @@ _DEFORMABLE_TRANSFORMER: Tuple[Rule, ...] = (
     (_DEC + r'\.norm3\.',      r'decoder.layers.\1.norms.2.',        'decoder norm after FFN'),
     (_DEC + r'\.linear1\.',    r'decoder.layers.\1.ffn.layers.0.0.', 'decoder FFN linear1'),
     (_DEC + r'\.linear2\.',    r'decoder.layers.\1.ffn.layers.1.',   'decoder FFN linear2'),
-    (r'^transformer\.reference_points\.', 'reference_points_fc.', 'reference points from query positions'),
+)
+
+#: Two-stage memory transform (Deformable DETR and DINO).
+_TWO_STAGE_MEMORY: Tuple[Rule, ...] = (
     (r'^transformer\.enc_output\.',       'memory_trans_fc.',     'two-stage memory transform'),
     (r'^transformer\.enc_output_norm\.',  'memory_trans_norm.',   'two-stage memory norm'),
+)
+
+_DEFORMABLE_TRANSFORMER: Tuple[Rule, ...] = _DEFORMABLE_LAYERS + (
+    (r'^transformer\.reference_points\.', 'reference_points_fc.', 'reference points from query positions'),
+) + _TWO_STAGE_MEMORY + (
     (r'^transformer\.pos_trans\.',        'pos_trans_fc.',        'two-stage proposal position transform'),
     (r'^transformer\.pos_trans_norm\.',   'pos_trans_norm.',      'two-stage proposal position norm'),
 )
@@ -197,11 +242,14 @@ _DEFORMABLE_TRANSFORMER: Tuple[Rule, ...] = (
 #: ``bbox_embed.N`` (MLP layers 0, 1, 2 = Sequential indices 0, 2, 4 of
 #: MMDetection's reg_branches); the ``transformer.decoder.*_embed`` names are
 #: the same modules registered a second time (aliases).
-_DEFORMABLE_HEAD: Tuple[Rule, ...] = (
+_DEFORMABLE_BRANCHES: Tuple[Rule, ...] = (
     (r'^(?:transformer\.decoder\.)?class_embed\.(\d+)\.',          r'bbox_head.cls_branches.\1.',   'classifier of decoder layer N (rows remapped by remap_coco_classes)'),
     (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.0\.', r'bbox_head.reg_branches.\1.0.', 'box MLP layer 0 of decoder layer N'),
     (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.1\.', r'bbox_head.reg_branches.\1.2.', 'box MLP layer 1 of decoder layer N'),
     (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.2\.', r'bbox_head.reg_branches.\1.4.', 'box MLP output layer of decoder layer N'),
+)
+
+_DEFORMABLE_HEAD: Tuple[Rule, ...] = _DEFORMABLE_BRANCHES + (
     (r'^query_embed\.', 'query_embedding.', 'object queries (position half, then content half)'),
     (r'^input_proj\.([0-2])\.0\.', r'neck.convs.\1.conv.', 'input projection conv (has a bias: the neck needs bias=True)'),
     (r'^input_proj\.([0-2])\.1\.', r'neck.convs.\1.gn.',   'input projection GroupNorm'),
@@ -223,6 +271,79 @@ DN_NOT_CARRIED: Tuple[Rule, ...] = (
 )
 
 DN_DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = DN_NOT_CARRIED + DEFORMABLE_DETR_RULES
+
+#: DAB-Deformable-DETR: the DAB query parts MMDetection has no module for.
+DAB_DEFORMABLE_NOT_CARRIED: Tuple[Rule, ...] = (
+    (r'^tgt_embed\.',      None, 'NOT carried: DAB content queries (num_queries x 256); MMDetection query_embedding keeps its initialisation'),
+    (r'^refpoint_embed\.', None, 'NOT carried: DAB learnable 4-d anchor boxes; MMDetection predicts 2-d reference points with reference_points_fc (initialised)'),
+    (r'^transformer\.decoder\.ref_point_head\.', None, 'NOT carried: DAB query-position MLP of the anchor sine embedding'),
+    (r'^transformer\.decoder\.query_scale\.',    None, 'NOT carried: DAB query scale MLP'),
+)
+
+DAB_DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = DAB_DEFORMABLE_NOT_CARRIED + DEFORMABLE_DETR_RULES
+
+#: DAB-DETR: DETR encoder with a positional scale MLP, Conditional-DETR
+#: style decoder attention, PReLU FFNs, 4-d anchor queries, one box MLP
+#: shared by every decoder layer (registered twice: ``bbox_embed`` and
+#: ``transformer.decoder.bbox_embed``).
+DAB_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES + (
+    (_ENC + r'\.activation\.', r'encoder.layers.\1.ffn.layers.0.1.', 'encoder FFN PReLU (transformer_activation prelu)'),
+    (r'^transformer\.encoder\.query_scale\.', 'encoder.query_scale.', 'encoder positional scale MLP'),
+) + _CONDITIONAL_DECODER_ATTENTION + (
+    (_DEC + r'\.activation\.', r'decoder.layers.\1.ffn.layers.0.1.', 'decoder FFN PReLU (transformer_activation prelu)'),
+    (r'^transformer\.decoder\.query_scale\.',     'decoder.query_scale.',     'conditional query scale MLP (cond_elewise)'),
+    (r'^transformer\.decoder\.ref_point_head\.',  'decoder.ref_point_head.',  'query-position MLP of the anchor sine embedding'),
+    (r'^transformer\.decoder\.ref_anchor_head\.', 'decoder.ref_anchor_head.', 'width/height modulation MLP (modulate_hw_attn)'),
+    (r'^(?:transformer\.decoder\.)?bbox_embed\.layers\.([0-2])\.', r'bbox_head.fc_reg.layers.\1.', 'box MLP shared by every decoder layer (transformer.decoder.bbox_embed is the same module)'),
+    (r'^class_embed\.',    'bbox_head.fc_cls.',  'classifier (rows remapped by dab_detr_classes)'),
+    (r'^refpoint_embed\.', 'query_embedding.',   'learnable 4-d anchor boxes (the queries)'),
+    (r'^input_proj\.',     'neck.convs.0.conv.', 'input projection (1x1 conv with bias = ChannelMapper conv, no norm)'),
+) + _DETR_DECODER_TAIL
+
+#: Decoder layers of the official DINO R50 models: the two-stage proposal
+#: branch is MMDetection's ``cls_branches``/``reg_branches`` index
+#: ``num decoder layers`` (checked by :func:`dino_proposal_branch`).
+DINO_DECODER_LAYERS = 6
+
+
+def _multiscale_input_proj(backbone_levels: int) -> Tuple[Rule, ...]:
+    """Rules for ``input_proj``: one 1x1 conv + GroupNorm per backbone level
+    (``0..backbone_levels-1``), then the extra 3x3/2 level.
+
+    Args:
+        backbone_levels (int): Feature levels taken from the ResNet (3 for
+            4-scale models, 4 for 5-scale ones).
+
+    Returns:
+        tuple[Rule]: Renames onto MMDetection's GN ``ChannelMapper``.
+    """
+    last = backbone_levels - 1
+    return (
+        (rf'^input_proj\.([0-{last}])\.0\.', r'neck.convs.\1.conv.', 'input projection conv (has a bias: the neck needs bias=True)'),
+        (rf'^input_proj\.([0-{last}])\.1\.', r'neck.convs.\1.gn.',   'input projection GroupNorm'),
+        (rf'^input_proj\.{backbone_levels}\.0\.', 'neck.extra_convs.0.conv.', 'extra level 3x3/2 conv (has a bias: the neck needs bias=True)'),
+        (rf'^input_proj\.{backbone_levels}\.1\.', 'neck.extra_convs.0.gn.',   'extra level GroupNorm'),
+    )
+
+
+_P = DINO_DECODER_LAYERS
+#: DINO: Deformable DETR layers, two-stage proposals scored by their own
+#: (unshared) class/box heads, content queries, denoising label embedding.
+_DINO_QUERIES: Tuple[Rule, ...] = _TWO_STAGE_MEMORY + (
+    (r'^transformer\.tgt_embed\.', 'query_embedding.', 'content queries (embed_init_tgt)'),
+    (r'^transformer\.enc_out_class_embed\.', f'bbox_head.cls_branches.{_P}.', 'two-stage proposal classifier (rows remapped by dino_classes: both codes rank proposals by their best class)'),
+    (r'^transformer\.enc_out_bbox_embed\.layers\.0\.', f'bbox_head.reg_branches.{_P}.0.', 'two-stage proposal box MLP layer 0'),
+    (r'^transformer\.enc_out_bbox_embed\.layers\.1\.', f'bbox_head.reg_branches.{_P}.2.', 'two-stage proposal box MLP layer 1'),
+    (r'^transformer\.enc_out_bbox_embed\.layers\.2\.', f'bbox_head.reg_branches.{_P}.4.', 'two-stage proposal box MLP output layer'),
+    (r'^transformer\.decoder\.norm\.',           'decoder.norm.',           'decoder norm (applied to every layer output)'),
+    (r'^transformer\.decoder\.ref_point_head\.', 'decoder.ref_point_head.', 'query-position MLP of the anchor sine embedding'),
+    (r'^label_enc\.', 'dn_query_generator.label_embedding.', 'denoising label embedding (rows remapped by dino_label_embedding)'),
+)
+
+DINO_4SCALE_RULES: Tuple[Rule, ...] = (BACKBONE_RULES + _DEFORMABLE_LAYERS + _DINO_QUERIES
+                                       + _DEFORMABLE_BRANCHES + _multiscale_input_proj(3))
+DINO_5SCALE_RULES: Tuple[Rule, ...] = (BACKBONE_RULES + _DEFORMABLE_LAYERS + _DINO_QUERIES
+                                       + _DEFORMABLE_BRANCHES + _multiscale_input_proj(4))
 # fmt: on
 
 
@@ -286,6 +407,39 @@ def keep_objectness_rows(tensor: 'torch.Tensor') -> 'torch.Tensor':
     return tensor[:len(COCO_CATEGORY_IDS)].clone()
 
 
+def remap_label_embedding(tensor: 'torch.Tensor') -> 'torch.Tensor':
+    """DINO's denoising label embedding (92 rows) -> MMDetection's 80.
+
+    The official ``label_enc`` has ``dn_labelbook_size + 1 = 92`` rows: one
+    per COCO id 0..90 (ground-truth and noised labels index it by id), then
+    one row no code path of DINO indexes (noise draws ids in
+    ``[0, dn_labelbook_size)``). MMDetection's ``CdnQueryGenerator``
+    embeds the 80 contiguous labels.
+
+    Args:
+        tensor (Tensor): ``label_enc.weight`` ``(92, C)``.
+
+    Returns:
+        Tensor: ``(80, C)``, row ``i`` = the row of COCO id
+        ``COCO_CATEGORY_IDS[i]``.
+
+    Raises:
+        ConversionError: If the row count is not 92.
+
+    Example:
+        >>> remap_label_embedding(torch.arange(92.)[:, None])[[0, 79], 0]
+        tensor([ 1., 90.])
+    """
+    from ..errors import ConversionError
+    if tensor.shape[0] != COCO_NUM_IDS + 1:
+        raise ConversionError(
+            f'denoising label embedding has {tensor.shape[0]} rows, not the '
+            f'{COCO_NUM_IDS + 1} of an official COCO model (ids 0..90 + one '
+            'unused row); use --keep-classes for models trained on other '
+            'datasets')
+    return remap_coco_classes(tensor[:COCO_NUM_IDS], no_object=False)
+
+
 def _change(conv: 'Conversion', pattern: str,
             func: Callable[['torch.Tensor'], 'torch.Tensor'], name: str,
             what: str) -> None:
@@ -307,12 +461,19 @@ def _change(conv: 'Conversion', pattern: str,
                              f'{name}: {what}'))
 
 
-def _class_remap(name: str, pattern: str, no_object: bool,
-                 what: str) -> Callable[['Conversion', 'Request'], None]:
-    """A named surgery step: :func:`remap_coco_classes` on the outputs
+def _class_remap(name: str, pattern: str, no_object: bool, what: str,
+                 label_embedding: bool = False
+                 ) -> Callable[['Conversion', 'Request'], None]:
+    """A named surgery step: :func:`remap_coco_classes` (or, with
+    ``label_embedding``, :func:`remap_label_embedding`) on the outputs
     matching ``pattern`` (skipped with ``--keep-classes``)."""
     def step(conv: 'Conversion', request: 'Request') -> None:
-        if not request.keep_classes:
+        if request.keep_classes:
+            return
+        if label_embedding:
+            _change(conv, pattern, remap_label_embedding,
+                    'remap_label_embedding', what)
+        else:
             _change(conv, pattern,
                     lambda t: remap_coco_classes(t, no_object=no_object),
                     f'remap_coco_classes(no_object={no_object})', what)
@@ -335,6 +496,45 @@ conditional_detr_classes = _class_remap(
 deformable_detr_classes = _class_remap(
     'deformable_detr_classes', _CLS_BRANCHES, False,
     '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)')
+
+
+#: DAB-DETR: 91 COCO-id rows -> 80 classes (sigmoid).
+dab_detr_classes = _class_remap(
+    'dab_detr_classes', _FC_CLS, False,
+    '91 COCO-id rows -> 80 classes (DABDETRHead, sigmoid)')
+#: DINO: 91 COCO-id rows -> 80 classes in every branch, the two-stage
+#: proposal branch included (both codes rank proposals by the best class).
+dino_classes = _class_remap(
+    'dino_classes', _CLS_BRANCHES, False,
+    '91 COCO-id rows -> 80 classes (DINOHead, sigmoid; the proposal branch '
+    'too: both codes rank proposals by their best class)')
+#: DINO: denoising label embedding, 92 rows -> 80 classes.
+dino_label_embedding = _class_remap(
+    'dino_label_embedding',
+    r'^dn_query_generator\.label_embedding\.weight$', False,
+    '92 label_enc rows (COCO ids 0..90 + an unused row) -> 80 classes '
+    '(CdnQueryGenerator.label_embedding)', label_embedding=True)
+
+
+def dino_proposal_branch(conv: 'Conversion', request: 'Request') -> None:
+    """DINO: the proposal heads were renamed to branch index
+    :data:`DINO_DECODER_LAYERS`, which MMDetection reads as
+    ``cls_branches[decoder.num_layers]``: the file must have that many
+    decoder layers.
+
+    Raises:
+        ConversionError: The file has another number of decoder layers.
+    """
+    from ..errors import ConversionError
+    layers = {m.group(1) for m in (re.match(
+        r'^transformer\.decoder\.layers\.(\d+)\.', k) for k in conv.source)
+        if m}
+    if len(layers) != DINO_DECODER_LAYERS:
+        raise ConversionError(
+            f'DINO checkpoint with {len(layers)} decoder layers: mmconv '
+            f'converts the official {DINO_DECODER_LAYERS}-layer models only '
+            '(the two-stage heads become branch '
+            f'{DINO_DECODER_LAYERS}); use the official dec_layers=6 model')
 
 
 def two_stage_objectness(conv: 'Conversion', request: 'Request') -> None:
@@ -372,10 +572,20 @@ def detr_variant(fmt: str, keys) -> Dict[str, Any]:
         out['config'] = ('mmdet::detr/detr_r101_8xb2-500e_coco.py'
                          if depth == 101 else
                          'mmdet::detr/detr_r50_8xb2-150e_coco.py')
-    elif fmt == 'conditional_detr':
-        out['config'] = ('mmdet::conditional_detr/'
-                         'conditional-detr_r50_8xb2-50e_coco.py')
+    elif fmt in ('conditional_detr', 'dab_detr'):
+        out['config'] = (
+            'mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py'
+            if fmt == 'conditional_detr' else
+            'mmdet::dab_detr/dab-detr_r50_8xb2-50e_coco.py')
         if depth != 50:
+            out['config'] += f' (with backbone depth={depth})'
+    elif fmt in ('dino_4scale', 'dino_5scale'):
+        levels = 5 if fmt == 'dino_5scale' else 4
+        out.update(with_box_refine=True, as_two_stage=True,
+                   num_feature_levels=levels)
+        out['config'] = (f'configs/detr_family/dino-{levels}scale_r50_'
+                         'official_coco.py')
+        if depth not in (50, None):
             out['config'] += f' (with backbone depth={depth})'
     else:
         refine = any(k.startswith('transformer.decoder.bbox_embed.')
@@ -385,6 +595,12 @@ def detr_variant(fmt: str, keys) -> Dict[str, Any]:
         if fmt == 'dn_deformable_detr':
             out['config'] = ('configs/detr_family/'
                              'dn-deformable-detr-refine_r50_official_coco.py')
+        elif fmt == 'dab_deformable_detr':
+            out['config'] = ('configs/detr_family/'
+                             'dab-deformable-detr-refine_r50_official_coco.py')
+            if two_stage or not refine:
+                out['config'] += (f' (with with_box_refine={refine}, '
+                                  f'as_two_stage={two_stage})')
         else:
             name = {(False, False): 'deformable-detr',
                     (True, False): 'deformable-detr-refine',
@@ -445,8 +661,25 @@ def detr_notes(conv: 'Conversion', request: 'Request') -> None:
             'feedforward_channels=2048); the DAB/DN query parts are NOT '
             'carried (see dropped); MMDetection query_embedding and '
             'reference_points_fc stay initialised: fine-tune before use')
+    if fmt == 'dab_deformable_detr':
+        conv.notes.append(
+            'DAB-Deformable-DETR has no exact MMDetection equivalent: '
+            'backbone, neck, level embedding, encoder, decoder layers and '
+            'class/box branches are converted into DeformableDETR (box '
+            'refinement, feedforward_channels=2048); the DAB query parts '
+            '(tgt_embed, refpoint_embed, decoder ref_point_head and '
+            'query_scale) are NOT carried (see dropped); MMDetection '
+            'query_embedding and reference_points_fc stay initialised: '
+            'fine-tune before use')
+    if fmt in ('dino_4scale', 'dino_5scale') and conv.changed:
+        conv.notes.append(
+            'DINO ranks its two-stage proposals by the best class score: '
+            'MMDetection over the 80 classes, the official code over the 91 '
+            'COCO ids, so both pick the same proposals unless one of the 11 '
+            'ids no category uses (never a training target) outscores every '
+            'class; decoder logits and boxes are the official ones')
     dropped = [r for r in conv.report.dropped if 'NOT carried' in r.reason]
-    if dropped and fmt != 'dn_deformable_detr':
+    if dropped and fmt not in ('dn_deformable_detr', 'dab_deformable_detr'):
         conv.notes.append(f'{len(dropped)} tensors NOT carried (see dropped)')
 
 
@@ -461,7 +694,8 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
     SourceFormat(
         'dn_deformable_detr', 'detr', 'DN-Deformable-DETR (DN-DAB-Deformable-DETR)',
         rules=DN_DEFORMABLE_DETR_RULES, strict=True,
-        sentinels=(r'^refpoint_embed\.weight$', r'^transformer\.level_embed$',
+        sentinels=(r'^label_enc\.weight$',
+                   r'^refpoint_embed\.weight$', r'^transformer\.level_embed$',
                    r'^transformer\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$'),
         containers=_TOP, surgery=(record_variant, deformable_detr_classes),
         source='IDEA-Research/DN-DETR: main.py -m dn_dab_deformable_detr saves '
@@ -496,6 +730,45 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
         released=('detr-r50-e632da11.pth', 'detr-r101-2c7b67e5.pth'),
         source='facebookresearch/detr: main.py saves {model, optimizer, '
         'lr_scheduler, epoch, args}; released files {model}'),
+    SourceFormat(
+        'dino_5scale', 'detr', 'DINO 5-scale (IDEA-Research)',
+        rules=DINO_5SCALE_RULES, strict=True,
+        sentinels=(r'^label_enc\.weight$', r'^transformer\.tgt_embed\.weight$',
+                   r'^transformer\.enc_out_class_embed\.weight$',
+                   r'^transformer\.level_embed$', r'^input_proj\.4\.0\.weight$'),
+        containers=_TOP,
+        surgery=(record_variant, dino_proposal_branch, dino_classes, dino_label_embedding),
+        source='IDEA-Research/DINO: main.py -c config/DINO/DINO_5scale.py saves '
+        '{model, optimizer, lr_scheduler, epoch, args}'),
+    SourceFormat(
+        'dino_4scale', 'detr', 'DINO 4-scale (IDEA-Research)',
+        rules=DINO_4SCALE_RULES, strict=True,
+        sentinels=(r'^label_enc\.weight$', r'^transformer\.tgt_embed\.weight$',
+                   r'^transformer\.enc_out_class_embed\.weight$',
+                   r'^transformer\.level_embed$'),
+        containers=_TOP,
+        surgery=(record_variant, dino_proposal_branch, dino_classes, dino_label_embedding),
+        released=('checkpoint0011_4scale.pth', ),
+        source='IDEA-Research/DINO: main.py -c config/DINO/DINO_4scale.py saves '
+        '{model, optimizer, lr_scheduler, epoch, args}'),
+    SourceFormat(
+        'dab_deformable_detr', 'detr', 'DAB-Deformable-DETR',
+        rules=DAB_DEFORMABLE_DETR_RULES, strict=True,
+        sentinels=(r'^refpoint_embed\.weight$', r'^transformer\.level_embed$',
+                   r'^transformer\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$'),
+        containers=_TOP,
+        surgery=(record_variant, two_stage_objectness, deformable_detr_classes),
+        source='IDEA-Research/DAB-DETR: main.py -m dab_deformable_detr saves '
+        '{model, optimizer, lr_scheduler, epoch, args}'),
+    SourceFormat(
+        'dab_detr', 'detr', 'DAB-DETR',
+        rules=DAB_DETR_RULES, strict=True,
+        sentinels=(r'^refpoint_embed\.weight$',
+                   r'^transformer\.encoder\.query_scale\.layers\.0\.weight$',
+                   r'^transformer\.decoder\.layers\.0\.ca_qpos_sine_proj\.weight$'),
+        containers=_TOP, surgery=(record_variant, dab_detr_classes),
+        source='IDEA-Research/DAB-DETR: main.py -m dab_detr saves {model, '
+        'optimizer, lr_scheduler, epoch, args}'),
 )
 # fmt: on
 

@@ -9,9 +9,12 @@
 ``--from`` takes detr (facebookresearch/detr), deformable_detr
 (fundamentalvision/Deformable-DETR: plain, --with_box_refine, --two_stage),
 conditional_detr (Atten4Vis/ConditionalDETR), dn_deformable_detr
-(IDEA-Research/DN-DETR, partial: see the report) and defaults to ``auto``.
-The report names the config to build; load the output with
-``load_from='DST'``. Deformable DETR family: use
+(IDEA-Research/DN-DETR, partial: see the report), dino_4scale and
+dino_5scale (IDEA-Research/DINO), dab_detr and dab_deformable_detr
+(IDEA-Research/DAB-DETR; the deformable one partial) and defaults to
+``auto``. The report names the config to build and ends with the
+``mim test mmdet CONFIG --checkpoint DST`` line; load the output with
+``load_from='DST'``. Deformable DETR family and DINO: use
 ``configs/detr_family/*_official_coco.py`` (neck ``bias=True``).
 """
 import sys
