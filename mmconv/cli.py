@@ -106,9 +106,11 @@ def _add_source_arguments(parser: argparse.ArgumentParser,
         help='source format (default: auto-detect): ' + '; '.join(
             f'{n}={FORMATS[n].title.split(" (")[0]}' for n in names))
     parser.set_defaults(families=preset.families)
-    parser.add_argument('--select', choices=['teacher', 'student'],
+    parser.add_argument('--select', choices=['teacher', 'student', 'ema'],
                         help='network to take from teacher/student '
-                        "checkpoints such as DINO's (default: teacher)")
+                        "checkpoints such as DINO's (default: teacher), or "
+                        "'ema': the model_ema weights of a ConvNeXt training "
+                        'checkpoint (default: model)')
     parser.add_argument('--prefix', help='convert only keys starting with '
                         "PREFIX, stripped (e.g. 'backbone.')")
     parser.add_argument('--style', choices=['auto', 'caffe', 'pytorch'],
@@ -123,6 +125,10 @@ def _add_source_arguments(parser: argparse.ArgumentParser,
     parser.add_argument('--keep-classes', action='store_true',
                         help='DETR family: do not remap the 91/92 COCO-id '
                         'classifier rows to 80 classes (non-COCO models)')
+    parser.add_argument('--window-size', type=int, metavar='N',
+                        help='Swin: window size of the target backbone; '
+                        'relative position tables are resized to it '
+                        "(bicubic, as MMDetection's SwinTransformer does)")
     parser.add_argument('--unsafe-load', action='store_true',
                         help='allow arbitrary pickled objects in SRC: this '
                         'runs code from the file, use only for files you '
@@ -170,6 +176,7 @@ def _request(args: argparse.Namespace):
     return Request(format=args.fmt, target=args.to, select=args.select,
                    prefix=args.prefix, style=args.style,
                    keep_fc=args.keep_fc, keep_classes=args.keep_classes,
+                   window_size=args.window_size,
                    families=tuple(args.families))
 
 

@@ -22,6 +22,11 @@ torchvision    the file itself
 detectron2     ``checkpoint['model']`` (or the file itself)
 Detectron1     ``checkpoint['blobs']`` (``cfg`` and non-array blobs ignored)
 DETR family    ``checkpoint['model']``
+DINOv2         ``checkpoint['teacher']`` (``teacher_checkpoint.pth``), or
+               the ``teacher.`` (default) / ``student.`` keys of
+               ``checkpoint['model']`` (a consolidated ``SSLMetaArch``)
+ConvNeXt       ``checkpoint['model']`` (default) or ``checkpoint['model_ema']``
+               (``select='ema'``); FCMAE: ``checkpoint['model']``
 =============  ==============================================================
 
 Besides :data:`CONTAINER_KEYS`, every entry a registered format declares in
@@ -44,6 +49,9 @@ CONTAINER_KEYS: Tuple[str, ...] = ('state_dict', 'model', 'classy_state_dict',
                                    'network', 'net')
 #: Entries holding two networks, of which one is chosen (DINO, iBOT...).
 SELECTABLE: Tuple[str, ...] = ('teacher', 'student')
+#: ``select`` values naming a top-level entry kept beside the default
+#: ``model`` (official ConvNeXt training checkpoints: ``model_ema``).
+ALTERNATIVES: Dict[str, str] = {'ema': 'model_ema'}
 
 
 @dataclass
@@ -111,7 +119,11 @@ def unwrap(checkpoint: Any, select: Optional[str] = None) -> Unwrapped:
     Args:
         checkpoint: What ``torch.load`` returned.
         select (str, optional): ``'teacher'`` or ``'student'`` for checkpoints
-            holding both. Defaults to ``'teacher'``.
+            holding both, as entries (DINO, iBOT) or as key prefixes of one
+            state dict (a consolidated DINOv2 ``SSLMetaArch``:
+            ``teacher.backbone.*``, ``student.backbone.*``; defaults to
+            ``'teacher'``); ``'ema'`` for the
+            ``model_ema`` entry instead of ``model`` (:data:`ALTERNATIVES`).
 
     Returns:
         Unwrapped: The state dict, where it was and what else was there.
@@ -125,9 +137,12 @@ def unwrap(checkpoint: Any, select: Optional[str] = None) -> Unwrapped:
         >>> unwrap(ckpt).where
         "checkpoint['state_dict']"
     """
+    if select in ALTERNATIVES:
+        return _unwrap_alternative(checkpoint, select)
     if select is not None and select not in SELECTABLE:
         raise ConversionError(
-            f'select={select!r} is not one of {", ".join(SELECTABLE)}')
+            f'select={select!r} is not one of '
+            f'{", ".join(SELECTABLE + tuple(ALTERNATIVES))}')
     obj, path, ignored = checkpoint, [], []
     searched = container_keys()
     while not is_state_dict(obj):
@@ -141,10 +156,6 @@ def unwrap(checkpoint: Any, select: Optional[str] = None) -> Unwrapped:
                     f'the checkpoint has no {key!r} entry to select '
                     f'(it has {", ".join(present)})')
         else:
-            if select is not None and not path:
-                raise ConversionError(
-                    f'select={select!r} was given but the checkpoint has no '
-                    'teacher/student entries')
             key = next((k for k in searched
                         if isinstance(obj.get(k), Mapping)), None)
             if key is None:
@@ -157,7 +168,32 @@ def unwrap(checkpoint: Any, select: Optional[str] = None) -> Unwrapped:
         obj, path = obj[key], path + [key]
     if not is_state_dict(obj):
         raise InputError(_describe_missing_state_dict(checkpoint, obj, path))
-    return Unwrapped(dict(obj), path, ignored)
+    unwrapped = Unwrapped(dict(obj), path, ignored)
+    if any(p in SELECTABLE for p in path):
+        return unwrapped
+    if set(SELECTABLE) <= {k.split('.', 1)[0] for k in obj}:
+        return take_prefix(unwrapped, f'{select or "teacher"}.')
+    if select is not None:
+        raise ConversionError(
+            f'select={select!r} was given but the checkpoint has no '
+            'teacher/student entries')
+    return unwrapped
+
+
+def _unwrap_alternative(checkpoint: Any, select: str) -> Unwrapped:
+    """The state dict under the top-level entry ``select`` names."""
+    entry = ALTERNATIVES[select]
+    if not isinstance(checkpoint, Mapping) or not isinstance(
+            checkpoint.get(entry), Mapping):
+        have = ', '.join(map(repr, list(checkpoint)[:5])) if isinstance(
+            checkpoint, Mapping) else type(checkpoint).__name__
+        raise ConversionError(
+            f'select={select!r}: the checkpoint has no {entry!r} entry (it '
+            f'has {have}); drop select to convert the model weights')
+    inner = unwrap(checkpoint[entry])
+    others = [k for k in checkpoint if k != entry]
+    return Unwrapped(inner.state_dict, [entry] + inner.path,
+                     others + inner.ignored)
 
 
 def _describe_missing_state_dict(checkpoint: Any, obj: Any,

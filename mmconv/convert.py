@@ -21,7 +21,8 @@ from .errors import KeyCollisionError
 from .report import ConversionReport, KeyRecord
 from .spec import Rule
 
-__all__ = ['rename_key', 'apply_rules', 'chain_rules', 'same_tensor']
+__all__ = ['rename_key', 'apply_rules', 'chain_rules', 'same_tensor',
+           'check_shapes']
 
 _CompiledRule = Tuple[Pattern, Optional[str], str]
 
@@ -146,3 +147,33 @@ def chain_rules(state_dict: Dict[str, torch.Tensor],
                              r.shape) for r in second.kept
                    if r.old in origin]
     return out
+
+
+def check_shapes(state_dict: Mapping[str, torch.Tensor],
+                 expected: Mapping[str, Tuple[int, ...]], what: str) -> None:
+    """Refuse a state dict that is not exactly ``expected``.
+
+    Args:
+        state_dict (Mapping): Converted tensors.
+        expected (Mapping): Every key the architecture has, with its shape.
+        what (str): The architecture, for the message (``'ViT
+            (embed_dim=384, depth=12)'``).
+
+    Raises:
+        ConversionError: One line naming up to four missing, unexpected and
+            mis-shaped tensors each (and how many more).
+    """
+    from .errors import ConversionError
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f'{k} {list(state_dict[k].shape)} (expected {list(s)})'
+             for k, s in expected.items()
+             if k in state_dict and tuple(state_dict[k].shape) != tuple(s)]
+    if missing or unexpected or wrong:
+        parts = [f'{name}: {", ".join(items[:4])}' + (
+            f' (+{len(items) - 4})' if len(items) > 4 else '')
+            for name, items in (('missing', missing),
+                                ('unexpected', unexpected),
+                                ('mis-shaped', wrong)) if items]
+        raise ConversionError(f'not a consistent {what}: ' +
+                              '; '.join(parts))

@@ -14,6 +14,7 @@ format, :mod:`mmconv.formats`) or, when it already is in the module's own
 layout, loaded as it is, exactly as MMEngine's ``Pretrained`` would; a load
 that leaves the module's tensors unset is an error, not a warning.
 """
+import functools
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -28,7 +29,45 @@ from .io import load_source
 from .pipeline import Conversion, Request, convert_state_dict
 from .provenance import RECORD_ATTR, fingerprint
 
-__all__ = ['SelfSupPretrainedInit']
+__all__ = ['SelfSupPretrainedInit', 'defer_to_initializer']
+
+#: ``init_cfg['type']`` values this module's initializer is registered as.
+_OWN_TYPES = ('SelfSupPretrained', 'SelfSupPretrainedInit')
+
+
+def defer_to_initializer(cls: type) -> None:
+    """Let ``init_cfg=dict(type='SelfSupPretrained', ...)`` work on a class
+    whose own ``init_weights`` loads ``init_cfg['checkpoint']`` itself.
+
+    MMDetection's ``SwinTransformer`` (and other backbones of that pattern)
+    override ``init_weights`` and read any ``init_cfg`` that has a
+    ``checkpoint`` as a plain file, ignoring its ``type``: the initializer
+    never runs. Wrapped, the class hands such an ``init_cfg`` to
+    ``BaseModule.init_weights``, which runs the initializer as on every
+    other module (children first, see :func:`_init_children_first`); any
+    other ``init_cfg`` (``Pretrained``, None) still takes the class's own
+    path. Idempotent.
+
+    Args:
+        cls (type): A ``BaseModule`` subclass.
+    """
+    from mmengine.model import BaseModule
+    own = cls.__dict__.get('init_weights')
+    if own is None or getattr(own, '_mmconv_deferred', False):
+        return
+
+    @functools.wraps(own)
+    def init_weights(self) -> None:
+        cfg = self.init_cfg
+        kind = cfg.get('type') if isinstance(cfg, dict) else None
+        if getattr(kind, '__name__', kind) in _OWN_TYPES:
+            BaseModule.init_weights(self)
+        else:
+            own(self)
+
+    init_weights._mmconv_deferred = True  # type: ignore[attr-defined]
+    cls.init_weights = init_weights
+
 
 def _init_children_first(module: nn.Module) -> None:
     """Run the children's ``init_weights`` now, as ``BaseModule`` would.
@@ -66,7 +105,8 @@ class SelfSupPretrainedInit(PretrainedInit):
         method (str): Source format, or ``'auto'`` to detect it. Defaults
             to ``'auto'``.
         select (str, optional): ``'teacher'`` (default) or ``'student'`` for
-            checkpoints holding both networks (DINO).
+            checkpoints holding both networks (DINO); ``'ema'`` for the
+            ``model_ema`` weights of a ConvNeXt training checkpoint.
         prefix (str, optional): Use only the checkpoint keys under this
             prefix, stripped (e.g. ``'backbone.'``). Defaults to None.
         map_location (str): Device for non-local loads. Defaults to 'cpu'.
@@ -171,6 +211,9 @@ class SelfSupPretrainedInit(PretrainedInit):
             if self.method != 'auto':
                 raise
             conv = None
+        if conv is not None and conv.family.fit is not None:
+            conv.family.fit(conv, {k: tuple(v.shape)
+                                   for k, v in target.items()})
         own = unwrapped.state_dict
 
         def fit(sd: Dict[str, torch.Tensor]) -> int:
@@ -212,12 +255,21 @@ class SelfSupPretrainedInit(PretrainedInit):
                 f'{", ".join(missing[:5]) or "-"}; unused in the checkpoint: '
                 f'{", ".join(unused[:5]) or "-"}'
                 + (f'; shape mismatches: {", ".join(mismatched[:3])}'
-                   if mismatched else '') +
-                ". Fix method= (e.g. method='auto'), select= or prefix=, or "
+                   if mismatched else '') + self._file_holds() +
+                ". Fix method= (e.g. method='auto'), select= or prefix=, "
+                "make the model's architecture match the file's, or "
                 f'lower min_coverage (now {self.min_coverage}) if a partial '
                 'load is intended')
         print_log(f'SelfSupPretrained: partial load: {detail}; not loaded: '
                   f'{", ".join(missing[:5])}', logger='current', level=30)
+
+    def _file_holds(self) -> str:
+        """``'; the file holds: <architecture lines>'`` of the conversion
+        (e.g. ``convnext: arch=tiny depths=[3, 3, 9, 3] ...``), or ''."""
+        if self.result is None or not self.result.lines:
+            return ''
+        return '; the file holds: ' + '; '.join(
+            ' '.join(line.split()) for line in self.result.lines)
 
     def _get_init_info(self) -> str:
         """Init info shown in MMEngine's parameter-initialisation log."""

@@ -23,6 +23,7 @@ import re
 import tempfile
 import warnings
 import zipfile
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlparse
@@ -83,7 +84,8 @@ def _mmengine_globals() -> List[Any]:
 #: ``torch.load(weights_only=True)``: ``argparse.Namespace`` (``args`` of
 #: MoCo/DINO/DETR checkpoints), numpy arrays, dtypes and scalars (epoch
 #: counters, detectron2 arrays), MMEngine's ``HistoryBuffer`` (and only its
-#: own statistics functions through ``getattr``).
+#: own statistics functions through ``getattr``), yacs ``CfgNode`` (Swin /
+#: SimMIM ``config``, as :class:`YacsConfig`).
 def exclude_bias_and_norm(param: Any) -> bool:
     """Inert stand-in for VICReg's training-script function of this name.
 
@@ -96,10 +98,26 @@ def exclude_bias_and_norm(param: Any) -> bool:
     return param.ndim == 1
 
 
+class YacsConfig:
+    """Inert stand-in for ``yacs.config.CfgNode``.
+
+    microsoft/Swin-Transformer and microsoft/SimMIM save their yacs
+    configuration in every training checkpoint (``config``). A ``CfgNode``
+    is a ``dict`` subclass pickled as ``NEWOBJ`` + its items + its
+    ``__dict__`` flags (``__immutable__``, ``__new_allowed__``, ...);
+    "creating" one here makes a plain ``OrderedDict`` (which both
+    weights-only loaders fill item by item), so the configuration reads as
+    nested dicts and yacs is never imported.
+    """
+
+    def __new__(cls, *args: Any) -> 'OrderedDict':  # type: ignore[misc]
+        return OrderedDict()
+
+
 SAFE_GLOBALS: List[Any] = [argparse.Namespace] + _numpy_globals() + [
     (exclude_bias_and_norm, f'{module}.exclude_bias_and_norm')
     for module in ('__main__', 'main_vicreg')
-]
+] + [(YacsConfig, 'yacs.config.CfgNode'), set]  # its flags hold a set
 
 #: Allowlisted globals whose modules are imported only when a file needs
 #: them (importing MMEngine costs start-up time the command lines avoid).

@@ -41,11 +41,14 @@ class Request:
     Attributes:
         format (str): Source format name or ``'auto'``.
         target (str, optional): Output layout; None: the family's default.
-        select (str, optional): ``'teacher'``/``'student'`` network.
+        select (str, optional): ``'teacher'``/``'student'`` network, or
+            ``'ema'`` (``model_ema`` of ConvNeXt training checkpoints).
         prefix (str, optional): Convert only keys under this prefix.
         style (str): ResNet style, ``'auto'``/``'caffe'``/``'pytorch'``.
         keep_fc (bool): Keep an ImageNet classifier (detectron2/torchvision).
         keep_classes (bool): Do not remap DETR classifier rows.
+        window_size (int, optional): Window of the target (Swin): relative
+            position tables are resized to it.
         families (tuple[str]): Consider only these families' formats in
             auto-detection (a converter script's scope); empty: all.
     """
@@ -57,6 +60,7 @@ class Request:
     style: str = 'auto'
     keep_fc: bool = False
     keep_classes: bool = False
+    window_size: Optional[int] = None
     families: Tuple[str, ...] = ()
 
     def given(self) -> List[str]:

@@ -11,11 +11,14 @@ is; and MMEngine's ``CheckpointLoader`` reads local files and URLs with
 mmconv's safe reader (:func:`load_from_mmconv`) once
 ``mmengine.runner.checkpoint`` is imported, so ``Pretrained``,
 ``load_from`` and ``resume`` are weights-only everywhere and read
-``.safetensors``. :func:`register_with_mmengine` does each at once when
-the module is already imported (``custom_imports`` in a config) and
-otherwise as soon as it is, so ``import mmconv`` and the command lines never import
-MMEngine or MMDetection just to register. Building either also adds mmconv's
-allowlist to torch's weights-only loader
+``.safetensors``; the classes a family declares ``self_loading`` (their
+own ``init_weights`` reads ``init_cfg['checkpoint']`` itself) run
+``SelfSupPretrained`` once their module is imported.
+:func:`register_with_mmengine` does each at once when the module is already
+imported (``custom_imports`` in a config) and otherwise as soon as it is,
+so ``import mmconv`` and the command lines never import MMEngine or
+MMDetection just to register. Building either also adds mmconv's allowlist
+to torch's weights-only loader
 (:func:`mmconv.io.allow_safe_globals_everywhere`).
 """
 import importlib.abc
@@ -87,6 +90,31 @@ _WHEN_IMPORTED = {'mmengine.registry': _register,
                   'mmdet.registry': _register_models}
 
 
+def _defer_self_loading(module_name: str):
+    """The action that wraps, once ``module_name`` is imported, the classes
+    of it that a family declares as ``self_loading``
+    (:func:`mmconv.init.defer_to_initializer`)."""
+    def action() -> None:
+        from .init import defer_to_initializer
+        from .spec import FAMILIES
+        module = sys.modules[module_name]
+        for family in FAMILIES.values():
+            for spec in family.self_loading:
+                name, _, cls = spec.partition(':')
+                if name == module_name:
+                    defer_to_initializer(getattr(module, cls))
+    return action
+
+
+def _add_self_loading() -> None:
+    """Add the ``Family.self_loading`` modules to :data:`_WHEN_IMPORTED`."""
+    from .spec import FAMILIES
+    for family in FAMILIES.values():
+        for spec in family.self_loading:
+            name = spec.partition(':')[0]
+            _WHEN_IMPORTED.setdefault(name, _defer_self_loading(name))
+
+
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Runs the :data:`_WHEN_IMPORTED` action of a module right after it is
     imported (by whoever imports it first)."""
@@ -118,6 +146,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 def register_with_mmengine() -> None:
     """Register now where the registries are loaded, else on import."""
+    _add_self_loading()
     for name, action in _WHEN_IMPORTED.items():
         if name in sys.modules:
             action()

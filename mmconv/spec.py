@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Conversion, Request
 
 __all__ = [
-    'Rule', 'Surgery', 'SourceFormat', 'Family', 'Target', 'FORMATS',
+    'Rule', 'Surgery', 'Fit', 'SourceFormat', 'Family', 'Target', 'FORMATS',
     'FAMILIES', 'TARGETS', 'OPTIONS', 'register', 'unregister', 'get_format',
     'get_target', 'format_names', 'target_names'
 ]
@@ -39,12 +39,16 @@ Rule = Tuple[str, Optional[str], str]
 #: A named step that changes a conversion in place (tensor surgery, checks,
 #: decisions); it receives the conversion and the request that asked for it.
 Surgery = Callable[['Conversion', 'Request'], None]
+#: Adapts a conversion in place to the tensor shapes of the module it will
+#: be loaded into (``{key: shape}``), as the module itself would at load time.
+Fit = Callable[['Conversion', Dict[str, Tuple[int, ...]]], None]
 
 #: Options a family may take (``Family.options``), with the command-line
 #: flag that names them in errors.
 OPTIONS: Dict[str, str] = {
     'select': '--select', 'prefix': '--prefix', 'style': '--style',
     'keep_fc': '--keep-fc', 'keep_classes': '--keep-classes',
+    'window_size': '--window-size',
 }
 
 
@@ -105,6 +109,16 @@ class Family:
             position tables): ``SelfSupPretrained`` leaves them at their
             initialisation, lists them, and does not count them against
             ``min_coverage``.
+        fit (callable, optional): ``fit(conversion, shapes)``, run by
+            ``SelfSupPretrained`` with the shapes of the module it
+            initialises (Swin relative position tables resized to the
+            module's window, as the module's own loader would).
+        self_loading (tuple[str]): ``'module:Class'`` of target modules
+            whose own ``init_weights`` loads ``init_cfg['checkpoint']``
+            itself whatever the initializer type (MMDetection's
+            ``SwinTransformer``): with mmconv imported, an ``init_cfg`` of
+            type ``SelfSupPretrained`` on them runs that initializer, as
+            on any other module (:func:`mmconv.init.defer_to_initializer`).
     """
 
     name: str
@@ -113,6 +127,8 @@ class Family:
     finish: Tuple[Surgery, ...] = ()
     targets: Tuple[str, ...] = ('mmdet', )
     never_pretrained: Tuple[str, ...] = ()
+    fit: Optional[Fit] = field(default=None, compare=False)
+    self_loading: Tuple[str, ...] = ()
 
     @property
     def default_target(self) -> str:

@@ -17,6 +17,10 @@ module              declares
 :mod:`.vit`         self-supervised ViTs (MAE, DINO, DINOv2 with registers,
                     iBOT, MoCo v3, mmpretrain, timm) -> the ViTDet backbone
                     of :mod:`mmconv.models`
+:mod:`.convnext`    ConvNeXt v1/v2 (official, FCMAE, timm, mmpretrain)
+                    -> ``mmpretrain.ConvNeXt``
+:mod:`.swin`        Swin v1/V2 (official, SimMIM, timm) -> MMDetection's
+                    ``SwinTransformer`` / mmpretrain's ``SwinTransformerV2``
 ==================  ==========================================================
 
 A new family is one new module that calls :func:`~mmconv.spec.register`
@@ -34,6 +38,8 @@ MMDET = Target('mmdet', 'MMDetection')
 register(MMDET)
 
 from . import resnet, selfsup, detectron2, detr, vit  # noqa: E402,F401,I001
+from . import convnext  # noqa: E402,F401,I001
+from . import swin  # noqa: E402,F401,I001
 
 
 __all__ = [

@@ -357,21 +357,9 @@ def infer_vit(state_dict: Dict[str, Any]) -> Dict[str, Any]:
                 qkv_bias='blocks.0.attn.qkv.bias' in state_dict,
                 layer_scale='blocks.0.ls1.gamma' in state_dict,
                 final_norm='norm.weight' in state_dict)
-    expected = _expected_shapes(args, hidden, fc2_in, grid)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f'{k} {list(state_dict[k].shape)} (expected {list(s)})'
-             for k, s in expected.items()
-             if k in state_dict and tuple(state_dict[k].shape) != s]
-    if missing or unexpected or wrong:
-        parts = [f'{name}: {", ".join(items[:4])}' + (
-            f' (+{len(items) - 4})' if len(items) > 4 else '')
-            for name, items in (('missing', missing),
-                                ('unexpected', unexpected),
-                                ('mis-shaped', wrong)) if items]
-        raise ConversionError(
-            f'not a consistent ViT (embed_dim={dim}, depth={depth}, '
-            f'patch_size={patch}): ' + '; '.join(parts))
+    from ..convert import check_shapes  # torch: not at import
+    check_shapes(state_dict, _expected_shapes(args, hidden, fc2_in, grid),
+                 f'ViT (embed_dim={dim}, depth={depth}, patch_size={patch})')
     return args
 
 

@@ -1,0 +1,489 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""ConvNeXt v1 / v2 -> ``mmpretrain.ConvNeXt`` as MMDetection uses it.
+
+The canonical names of the ``convnext`` family are those of mmpretrain's
+``ConvNeXt`` backbone (``mmpretrain/models/backbones/convnext.py``), which
+MMDetection's own ConvNeXt configs build (``type='mmpretrain.ConvNeXt'``,
+``out_indices=[0, 1, 2, 3]``, ``gap_before_final_norm=False``):
+``downsample_layers.0.{0: stem conv, 1: LN}``, ``downsample_layers.N.{0: LN,
+1: 2x2 conv}``, ``stages.N.M.{depthwise_conv, norm, pointwise_conv1,
+pointwise_conv2, gamma, grn.gamma, grn.beta}``, ``norm0`` ... ``norm3``.
+The output is a bare backbone state dict for ``model.backbone``.
+
+======================  =======================================================
+format                  layout (as the official code saves it)
+======================  =======================================================
+``convnext``            facebookresearch/ConvNeXt ``main.py`` (``utils.
+                        save_model``): ``{'model', 'optimizer', 'epoch',
+                        'scaler', 'args'[, 'model_ema']}``; released
+                        ``convnext_{tiny,small,base,...}_*.pth`` hold
+                        ``{'model'}``. ``downsample_layers``, ``stages.N.M.
+                        {dwconv, norm, pwconv1, pwconv2, gamma}``, ``norm``,
+                        ``head``
+``convnextv2``          facebookresearch/ConvNeXt-V2 fine-tuned files
+                        (``convnextv2_*_ema.pt``, ``{'model'}``): as v1 without
+                        ``gamma``, with GRN ``grn.gamma`` / ``grn.beta`` of
+                        shape ``[1, 1, 1, 4C]``
+``convnextv2_fcmae``    ConvNeXt-V2 FCMAE pre-training (``main_pretrain.py``,
+                        ``convnextv2_*_1k_224_fcmae.pt``): ``{'model': FCMAE}``
+                        with the *sparse* encoder under ``encoder.``
+                        (MinkowskiEngine parameters: conv ``kernel`` ``[k*k,
+                        in, out]``, depthwise ``kernel`` ``[k*k, C]``, biases
+                        ``[1, C]``, ``norm.ln.*``, ``pwconv1.linear.*``, GRN
+                        ``[1, 4C]``), plus the decoder (``proj``,
+                        ``mask_token``, ``decoder.*``, ``pred``); no final norm
+``timm_convnext``       timm ``ConvNeXt`` state dicts (v1 and v2, also the
+                        timm-hosted FCMAE encoders): ``stem.0/1``,
+                        ``stages.N.downsample.0/1``, ``stages.N.blocks.M.
+                        {conv_dw, norm, mlp.fc1, mlp.fc2, mlp.grn, gamma}``,
+                        ``head.norm``, ``head.fc``
+``mmpretrain_convnext`` mmpretrain ConvNeXt classifiers (``backbone.*``,
+                        ``head.*``; the file MMDetection's own config loads),
+                        MMDetection backbones and mmconv's own output
+======================  =======================================================
+
+What the conversion does besides renaming (the report lists every tensor):
+
+* :func:`densify_sparse_kernels` turns the FCMAE encoder's MinkowskiEngine
+  parameters into dense ones exactly as the official fine-tuning loader
+  does (ConvNeXt-V2 ``utils.remap_checkpoint_keys``): a conv ``kernel``
+  ``[k*k, in, out]`` becomes ``kernel.permute(2, 1, 0).reshape(out, in, k,
+  k).transpose(3, 2)``, i.e. ``weight[o, i, y, x] = kernel[x*k + y, i, o]``;
+  a depthwise ``kernel`` ``[k*k, C]`` becomes ``weight[c, 0, y, x] =
+  kernel[x*k + y, c]``; biases ``[1, C]`` become ``[C]``;
+* :func:`grn_to_vector` reshapes GRN ``gamma`` / ``beta`` (``[1, 1, 1, C]``
+  official, ``[1, C]`` FCMAE) to mmpretrain's ``[C]`` (mmpretrain#1957);
+* :func:`flatten_pointwise_convs` turns timm's ``conv_mlp`` 1x1 convs
+  ``[out, in, 1, 1]`` into mmpretrain's linear ``[out, in]``;
+* the official final ``norm`` (timm ``head.norm``) becomes ``norm3`` (as
+  mmpretrain's ``convnext_to_mmpretrain.py`` maps it, which is the file
+  MMDetection's ConvNeXt config loads); ``norm0`` - ``norm2`` have no
+  counterpart in any ConvNeXt checkpoint and keep their initialisation
+  (:attr:`~mmconv.spec.Family.never_pretrained`), as does ``norm3`` for
+  FCMAE, which has no final norm;
+* the family step :func:`convnext_architecture` checks that the result is
+  one complete, consistent ConvNeXt and records the ``mmpretrain.ConvNeXt``
+  arguments the weights imply (``meta['convnext']``, the ``convnext:``
+  summary line, the config hints).
+
+Official training checkpoints hold the EMA weights beside the model ones
+(``model_ema``): the ``model`` weights are converted (what the official
+``--model_key model|module`` loads); ``select='ema'`` (``--select ema``)
+takes ``model_ema``.
+"""
+import re
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from ..spec import Family, Rule, SourceFormat, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..pipeline import Conversion, Request
+
+__all__ = [
+    'CONVNEXT_FAMILY', 'CONVNEXT_FORMATS', 'ARCH_SETTINGS',
+    'densify_sparse_kernels', 'grn_to_vector', 'flatten_pointwise_convs',
+    'convnext_architecture', 'infer_convnext'
+]
+
+#: mmpretrain ``ConvNeXt.arch_settings`` (the official models' depths and
+#: channels; ConvNeXt-V2 adds atto ... nano, huge).
+ARCH_SETTINGS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
+    'atto': ((2, 2, 6, 2), (40, 80, 160, 320)),
+    'femto': ((2, 2, 6, 2), (48, 96, 192, 384)),
+    'pico': ((2, 2, 6, 2), (64, 128, 256, 512)),
+    'nano': ((2, 2, 8, 2), (80, 160, 320, 640)),
+    'tiny': ((3, 3, 9, 3), (96, 192, 384, 768)),
+    'small': ((3, 3, 27, 3), (96, 192, 384, 768)),
+    'base': ((3, 3, 27, 3), (128, 256, 512, 1024)),
+    'large': ((3, 3, 27, 3), (192, 384, 768, 1536)),
+    'xlarge': ((3, 3, 27, 3), (256, 512, 1024, 2048)),
+    'huge': ((3, 3, 27, 3), (352, 704, 1408, 2816)),
+}
+
+_BLOCK = r'stages.\1.\2.'
+
+# fmt: off
+#: facebookresearch/ConvNeXt models/convnext.py and ConvNeXt-V2
+#: models/convnextv2.py (same names; v2 has grn, no gamma)
+OFFICIAL_RULES: Tuple[Rule, ...] = (
+    (r'^downsample_layers\.0\.([01])\.',          r'downsample_layers.0.\1.', 'stem: 4x4 patch conv (0), LayerNorm (1)'),
+    (r'^downsample_layers\.([1-9])\.([01])\.',    r'downsample_layers.\1.\2.', 'downsample layer: LayerNorm (0), 2x2 conv (1)'),
+    (r'^stages\.(\d+)\.(\d+)\.dwconv\.',          _BLOCK + 'depthwise_conv.', 'block 7x7 depthwise conv (dwconv)'),
+    (r'^stages\.(\d+)\.(\d+)\.norm\.',            _BLOCK + 'norm.',           'block LayerNorm'),
+    (r'^stages\.(\d+)\.(\d+)\.pwconv([12])\.',    _BLOCK + r'pointwise_conv\3.', 'block pointwise linear (pwconv1/2)'),
+    (r'^stages\.(\d+)\.(\d+)\.gamma$',            _BLOCK + 'gamma',           'layer scale (gamma)'),
+    (r'^stages\.(\d+)\.(\d+)\.grn\.(gamma|beta)$', _BLOCK + r'grn.\3',        'GRN gamma/beta ([1, 1, 1, C] -> [C], grn_to_vector)'),
+    (r'^norm\.',                                  'norm3.',                    'final norm -> norm3 (mmpretrain convnext_to_mmpretrain.py), applied to the C5 map'),
+    (r'^head\.',                                  None,                        'ImageNet classifier (head)'),
+)
+
+_ENC = r'^encoder\.'
+#: ConvNeXt-V2 models/fcmae.py FCMAE(encoder=SparseConvNeXtV2, proj,
+#: mask_token, decoder, pred); MinkowskiEngine module names
+FCMAE_RULES: Tuple[Rule, ...] = (
+    (_ENC + r'downsample_layers\.0\.([01])\.',            r'downsample_layers.0.\1.', 'stem: dense 4x4 patch conv (0), LayerNorm (1)'),
+    (_ENC + r'downsample_layers\.([1-9])\.0\.ln\.',       r'downsample_layers.\1.0.', 'downsample MinkowskiLayerNorm (.ln)'),
+    (_ENC + r'downsample_layers\.([1-9])\.1\.kernel$',    r'downsample_layers.\1.1.weight', 'downsample sparse 2x2 conv kernel [k*k, in, out] (densify_sparse_kernels)'),
+    (_ENC + r'downsample_layers\.([1-9])\.1\.bias$',      r'downsample_layers.\1.1.bias', 'downsample sparse conv bias [1, C] (densify_sparse_kernels)'),
+    (_ENC + r'stages\.(\d+)\.(\d+)\.dwconv\.kernel$',     _BLOCK + 'depthwise_conv.weight', 'sparse depthwise conv kernel [k*k, C] (densify_sparse_kernels)'),
+    (_ENC + r'stages\.(\d+)\.(\d+)\.dwconv\.bias$',       _BLOCK + 'depthwise_conv.bias', 'sparse depthwise conv bias [1, C] (densify_sparse_kernels)'),
+    (_ENC + r'stages\.(\d+)\.(\d+)\.norm\.ln\.',          _BLOCK + 'norm.',           'block MinkowskiLayerNorm (.ln)'),
+    (_ENC + r'stages\.(\d+)\.(\d+)\.pwconv([12])\.linear\.', _BLOCK + r'pointwise_conv\3.', 'block MinkowskiLinear (.linear)'),
+    (_ENC + r'stages\.(\d+)\.(\d+)\.grn\.(gamma|beta)$',  _BLOCK + r'grn.\3',         'MinkowskiGRN gamma/beta ([1, C] -> [C], grn_to_vector)'),
+    (r'^mask_token$',                                     None,                        'FCMAE mask token (decoder input)'),
+    (r'^proj\.',                                          None,                        'FCMAE decoder projection (proj)'),
+    (r'^decoder\.',                                       None,                        'FCMAE decoder blocks'),
+    (r'^pred\.',                                          None,                        'FCMAE pixel prediction (pred)'),
+)
+
+_TB = r'^stages\.(\d+)\.blocks\.(\d+)\.'
+#: timm models/convnext.py ConvNeXt (checkpoint_filter_fn is the inverse)
+TIMM_RULES: Tuple[Rule, ...] = (
+    (r'^stem\.([01])\.',                        r'downsample_layers.0.\1.', 'stem: patch conv (0), LayerNorm2d (1)'),
+    (r'^stages\.([1-9])\.downsample\.([01])\.',  r'downsample_layers.\1.\2.', 'downsample layer: LayerNorm2d (0), 2x2 conv (1)'),
+    (_TB + r'conv_dw\.',                        _BLOCK + 'depthwise_conv.', 'block depthwise conv (conv_dw)'),
+    (_TB + r'norm\.',                           _BLOCK + 'norm.',           'block norm'),
+    (_TB + r'mlp\.fc([12])\.',                  _BLOCK + r'pointwise_conv\3.', 'block MLP (fc1/fc2; conv_mlp 1x1 convs flattened)'),
+    (_TB + r'mlp\.grn\.weight$',                _BLOCK + 'grn.gamma',       'GRN weight = gamma'),
+    (_TB + r'mlp\.grn\.bias$',                  _BLOCK + 'grn.beta',        'GRN bias = beta'),
+    (_TB + r'gamma$',                           _BLOCK + 'gamma',           'layer scale (gamma)'),
+    (r'^(?:head\.norm|norm_pre)\.',             'norm3.',                    'final norm (head.norm, or norm_pre with head_norm_first) -> norm3'),
+    (r'^head\.(?:fc|pre_logits)\.',             None,                        'ImageNet classifier (head.fc / head.pre_logits)'),
+)
+
+_MMP = r'^(?:backbone\.)?'
+#: mmpretrain ConvNeXt (ImageClassifier: backbone.*, head.*)
+MMPRETRAIN_RULES: Tuple[Rule, ...] = (
+    (_MMP + r'(downsample_layers\.\d+\.[01]\.)', r'\1', 'stem / downsample layers'),
+    (_MMP + r'(stages\.\d+\.\d+\.)',             r'\1', 'ConvNeXt blocks'),
+    (_MMP + r'(norm\d+\.)',                      r'\1', 'output norms'),
+    (r'^head\.',                                 None,  'classifier head'),
+    (r'^neck\.',                                 None,  'neck'),
+    (r'^data_preprocessor\.',                    None,  'data preprocessor buffers'),
+)
+# fmt: on
+
+
+# --- tensor surgery --------------------------------------------------------
+def _record(conv: 'Conversion', key: str, after: 'torch.Tensor',
+            what: str) -> None:
+    """Replace ``conv.state_dict[key]`` and list the change."""
+    before = conv.state_dict[key]
+    conv.state_dict[key] = after
+    conv.changed.append((key, tuple(before.shape), tuple(after.shape), what))
+
+
+def _kernel_side(volume: int, key: str) -> int:
+    """``k`` of a ``k x k`` kernel of ``volume`` offsets, or raise."""
+    from ..errors import ConversionError
+    side = int(round(volume ** 0.5))
+    if side * side != volume:
+        raise ConversionError(f'{key}: {volume} kernel offsets are not a '
+                              'square 2-d kernel: not a 2-d FCMAE encoder')
+    return side
+
+
+def densify_sparse_kernels(conv: 'Conversion', request: 'Request') -> None:
+    """FCMAE: MinkowskiEngine kernels and biases -> dense conv weights.
+
+    Exactly the reshapes of ConvNeXt-V2 ``utils.remap_checkpoint_keys``
+    (what ``main_finetune.py`` applies to the released FCMAE files): a conv
+    ``kernel`` ``[k*k, in, out]`` -> ``[out, in, k, k]`` with
+    ``weight[o, i, y, x] = kernel[x*k + y, i, o]``; a depthwise ``kernel``
+    ``[k*k, C]`` -> ``[C, 1, k, k]`` likewise; a bias ``[1, C]`` -> ``[C]``.
+    """
+    from ..errors import ConversionError
+    for old, new in conv.report.mapping.items():
+        value = conv.state_dict[new]
+        if old.endswith('.kernel'):
+            if value.dim() == 3:
+                volume, cin, cout = value.shape
+                side = _kernel_side(volume, old)
+                dense = value.permute(2, 1, 0).reshape(
+                    cout, cin, side, side).transpose(3, 2).contiguous()
+                what = ('densify_sparse_kernels: MinkowskiConvolution kernel '
+                        '[k*k, in, out] -> [out, in, k, k] (remap_checkpoint_'
+                        'keys)')
+            elif value.dim() == 2:
+                volume, dim = value.shape
+                side = _kernel_side(volume, old)
+                dense = value.permute(1, 0).reshape(
+                    dim, 1, side, side).transpose(3, 2).contiguous()
+                what = ('densify_sparse_kernels: MinkowskiDepthwise'
+                        'Convolution kernel [k*k, C] -> [C, 1, k, k] '
+                        '(remap_checkpoint_keys)')
+            else:
+                raise ConversionError(
+                    f'{old} has shape {list(value.shape)}: not a '
+                    'MinkowskiEngine kernel ([k*k, in, out] or [k*k, C])')
+            _record(conv, new, dense, what)
+        elif new.endswith('.bias') and value.dim() == 2 and \
+                value.shape[0] == 1:
+            _record(conv, new, value.reshape(-1),
+                    'densify_sparse_kernels: MinkowskiEngine bias [1, C] -> '
+                    '[C]')
+
+
+def grn_to_vector(conv: 'Conversion', request: 'Request') -> None:
+    """GRN ``gamma`` / ``beta`` -> mmpretrain's ``[C]``.
+
+    The official dense GRN stores ``[1, 1, 1, C]`` (ConvNeXt-V2
+    ``models/utils.GRN``), the sparse one ``[1, C]`` (``MinkowskiGRN``);
+    mmpretrain's ``GRN`` has ``[C]`` and broadcasts it itself; the values
+    and their order are unchanged.
+    """
+    from ..errors import ConversionError
+    for key in list(conv.state_dict):
+        if not re.search(r'\.grn\.(?:gamma|beta)$', key):
+            continue
+        value = conv.state_dict[key]
+        if value.dim() == 1:
+            continue
+        if any(n != 1 for n in value.shape[:-1]):
+            raise ConversionError(
+                f'{key} has shape {list(value.shape)}: a GRN parameter is '
+                '[C], [1, C] or [1, 1, 1, C]')
+        _record(conv, key, value.reshape(-1),
+                f'grn_to_vector: GRN {list(value.shape)} -> [C] (mmpretrain '
+                'GRN)')
+
+
+def flatten_pointwise_convs(conv: 'Conversion', request: 'Request') -> None:
+    """timm ``conv_mlp=True``: 1x1 conv ``[out, in, 1, 1]`` -> the linear
+    ``[out, in]`` of mmpretrain's ``linear_pw_conv=True`` (same values)."""
+    for key in list(conv.state_dict):
+        value = conv.state_dict[key]
+        if re.search(r'\.pointwise_conv[12]\.weight$', key) and \
+                value.dim() == 4 and tuple(value.shape[2:]) == (1, 1):
+            _record(conv, key, value.flatten(1),
+                    'flatten_pointwise_convs: 1x1 conv [out, in, 1, 1] -> '
+                    'linear [out, in]')
+
+
+# --- what the weights imply ------------------------------------------------
+def _arch_name(depths: List[int], channels: List[int]) -> Optional[str]:
+    """mmpretrain's ``arch`` name of ``depths`` / ``channels`` (or None)."""
+    for name, (d, c) in ARCH_SETTINGS.items():
+        if list(d) == depths and list(c) == channels:
+            return name
+    return None
+
+
+def infer_convnext(state_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``mmpretrain.ConvNeXt`` arguments a converted state dict implies.
+
+    Args:
+        state_dict (dict): mmpretrain-named tensors.
+
+    Returns:
+        dict: ``arch`` (mmpretrain name or None), ``depths``, ``channels``,
+        ``in_channels``, ``stem_patch_size``, ``kernel_size``,
+        ``mlp_ratio``, ``use_grn``, ``layer_scale`` (bool), ``final_norm``
+        (whether the last stage's norm, ``norm3``, is in the file),
+        ``norms`` (the stages whose output norm is in the file: the last
+        for official files, all for MMDetection backbones).
+
+    Raises:
+        ConversionError: Not one complete, consistent ConvNeXt (lists the
+            missing, unexpected and mis-shaped tensors).
+    """
+    from ..errors import ConversionError
+    stem = state_dict.get('downsample_layers.0.0.weight')
+    if stem is None or stem.dim() != 4:
+        raise ConversionError(
+            'no stem conv downsample_layers.0.0.weight [C, in, p, p] after '
+            f'conversion: not a ConvNeXt backbone ({len(state_dict)} tensors)')
+    blocks: Dict[int, set] = {}
+    for key in state_dict:
+        m = re.match(r'stages\.(\d+)\.(\d+)\.', key)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    stages = sorted(blocks)
+    if not stages or stages != list(range(len(stages))):
+        raise ConversionError(f'ConvNeXt stages {stages} are not numbered '
+                              f'0..{len(stages) - 1}')
+    depths = []
+    for i in stages:
+        if sorted(blocks[i]) != list(range(len(blocks[i]))):
+            raise ConversionError(f'stage {i}: blocks {sorted(blocks[i])} '
+                                  'are not numbered from 0')
+        depths.append(len(blocks[i]))
+    channels = []
+    for i in stages:
+        dw = state_dict.get(f'stages.{i}.0.depthwise_conv.weight')
+        if dw is None or dw.dim() != 4:
+            raise ConversionError(f'no stages.{i}.0.depthwise_conv.weight '
+                                  '[C, 1, k, k]: not a ConvNeXt backbone')
+        channels.append(int(dw.shape[0]))
+    first = state_dict['stages.0.0.depthwise_conv.weight']
+    fc1 = state_dict.get('stages.0.0.pointwise_conv1.weight')
+    if fc1 is None:
+        raise ConversionError('no stages.0.0.pointwise_conv1.weight: not a '
+                              'ConvNeXt backbone')
+    args = dict(
+        arch=_arch_name(depths, channels), depths=depths, channels=channels,
+        in_channels=int(stem.shape[1]), stem_patch_size=int(stem.shape[2]),
+        kernel_size=int(first.shape[2]),
+        mlp_ratio=int(fc1.shape[0]) / channels[0],
+        use_grn='stages.0.0.grn.gamma' in state_dict,
+        layer_scale='stages.0.0.gamma' in state_dict,
+        final_norm=f'norm{len(stages) - 1}.weight' in state_dict,
+        norms=[i for i in stages if f'norm{i}.weight' in state_dict])
+    from ..convert import check_shapes  # torch: not at import
+    check_shapes(state_dict, _expected_shapes(args),
+                 f'ConvNeXt (depths={depths}, channels={channels})')
+    return args
+
+
+def _expected_shapes(args: Dict[str, Any]) -> Dict[str, Tuple[int, ...]]:
+    """Every tensor of the mmpretrain ConvNeXt ``args`` describe (of the
+    output norms ``norm0`` ... only those in the file: ``args['norms']``)."""
+    ch, p, k = args['channels'], args['stem_patch_size'], args['kernel_size']
+    out: Dict[str, Tuple[int, ...]] = {
+        'downsample_layers.0.0.weight': (ch[0], args['in_channels'], p, p),
+        'downsample_layers.0.0.bias': (ch[0], ),
+        'downsample_layers.0.1.weight': (ch[0], ),
+        'downsample_layers.0.1.bias': (ch[0], ),
+    }
+    for i, (depth, c) in enumerate(zip(args['depths'], ch)):
+        if i:
+            d = f'downsample_layers.{i}.'
+            out.update({d + '0.weight': (ch[i - 1], ),
+                        d + '0.bias': (ch[i - 1], ),
+                        d + '1.weight': (c, ch[i - 1], 2, 2),
+                        d + '1.bias': (c, )})
+        hidden = int(round(args['mlp_ratio'] * c))
+        for j in range(depth):
+            b = f'stages.{i}.{j}.'
+            out.update({
+                b + 'depthwise_conv.weight': (c, 1, k, k),
+                b + 'depthwise_conv.bias': (c, ),
+                b + 'norm.weight': (c, ), b + 'norm.bias': (c, ),
+                b + 'pointwise_conv1.weight': (hidden, c),
+                b + 'pointwise_conv1.bias': (hidden, ),
+                b + 'pointwise_conv2.weight': (c, hidden),
+                b + 'pointwise_conv2.bias': (c, ),
+            })
+            if args['use_grn']:
+                out[b + 'grn.gamma'] = (hidden, )
+                out[b + 'grn.beta'] = (hidden, )
+            if args['layer_scale']:
+                out[b + 'gamma'] = (c, )
+    for i in args['norms']:
+        out[f'norm{i}.weight'] = (ch[i], )
+        out[f'norm{i}.bias'] = (ch[i], )
+    return out
+
+
+def _yes(flag: bool) -> str:
+    return 'yes' if flag else 'no'
+
+
+def convnext_architecture(conv: 'Conversion', request: 'Request') -> None:
+    """Family step: check the result is one ConvNeXt and record the
+    ``mmpretrain.ConvNeXt`` arguments it implies (``meta['convnext']``,
+    summary line, notes on the fresh output norms, config hints)."""
+    args = infer_convnext(conv.state_dict)
+    conv.meta['convnext'] = dict(args)
+    last = len(args['depths']) - 1
+    conv.lines.append(
+        f'convnext: arch={args["arch"] or "custom"} depths={args["depths"]} '
+        f'channels={args["channels"]} grn={_yes(args["use_grn"])} '
+        f'layer_scale={_yes(args["layer_scale"])} '
+        f'final_norm={f"norm{last}" if args["final_norm"] else "none"}')
+    fresh = [f'norm{i}' for i in range(last + 1) if i not in args['norms']]
+    if fresh:
+        conv.notes.append(
+            f'{", ".join(fresh)} (per-output norms of mmpretrain ConvNeXt, '
+            'out_indices=[0, 1, 2, 3]) have no counterpart in the file and '
+            'keep their initialisation' + (
+                f'; norm{last} is the final norm of the file'
+                if args['final_norm'] else '; the file has no final norm'))
+    if args['use_grn']:
+        conv.notes.append('ConvNeXt V2 (GRN): build mmpretrain.ConvNeXt with '
+                          'use_grn=True' + (
+                              '' if args['layer_scale'] else
+                              ', layer_scale_init_value=0.'))
+    elif args['layer_scale']:
+        conv.notes.append('layer scale is carried (stages.N.M.gamma): build '
+                          'with layer_scale_init_value > 0 (any value, the '
+                          'file replaces it)')
+    conv.hints = lambda dst: _hints(args, dst)
+
+
+def _hints(args: Dict[str, Any], dst: str) -> str:
+    """The config lines that use the converted file."""
+    arch = (f"'{args['arch']}'" if args['arch'] else
+            f"dict(depths={args['depths']}, channels={args['channels']})")
+    extra = ''
+    if args['use_grn']:
+        extra += ', use_grn=True'
+    if not args['layer_scale']:
+        extra += ', layer_scale_init_value=0.'
+    return '\n'.join([
+        "custom_imports = dict(imports=['mmconv'], "
+        'allow_failed_imports=False)',
+        "model = dict(backbone=dict(_delete_=True, type='mmpretrain.ConvNeXt',"
+        f' arch={arch}{extra},',
+        '    out_indices=[0, 1, 2, 3], gap_before_final_norm=False,',
+        f"    init_cfg=dict(type='Pretrained', checkpoint='{dst}')),",
+        f"    neck=dict(in_channels={args['channels']}))",
+    ])
+
+
+# --- declarations ----------------------------------------------------------
+CONVNEXT_FAMILY = Family(
+    'convnext', 'ConvNeXt backbone', options=('select', 'prefix'),
+    finish=(flatten_pointwise_convs, grn_to_vector, convnext_architecture),
+    targets=('mmdet', ), never_pretrained=(r'^norm\d+\.(?:weight|bias)$', ))
+
+_STEM = r'^downsample_layers\.0\.0\.weight$'
+
+# fmt: off
+CONVNEXT_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'convnext', 'convnext', 'ConvNeXt (official, facebookresearch/ConvNeXt)',
+        rules=OFFICIAL_RULES,
+        sentinels=(r'^stages\.0\.0\.dwconv\.weight$', _STEM),
+        containers=('model', ),
+        released=('convnext_tiny_1k_224_ema.pth', 'convnext_small_1k_224_ema.pth',
+                  'convnext_base_1k_224_ema.pth', 'convnext_tiny_22k_224.pth',
+                  'convnext_base_22k_1k_224.pth', 'checkpoint-best.pth'),
+        source='facebookresearch/ConvNeXt: main.py / utils.save_model saves {model, optimizer, epoch, scaler, args[, model_ema]}; models/convnext.py'),
+    SourceFormat(
+        'convnextv2', 'convnext', 'ConvNeXt V2 fine-tuned (official, facebookresearch/ConvNeXt-V2)',
+        rules=OFFICIAL_RULES,
+        sentinels=(r'^stages\.0\.0\.dwconv\.weight$', _STEM,
+                   r'^stages\.0\.0\.grn\.gamma$'),
+        containers=('model', ),
+        released=('convnextv2_tiny_1k_224_ema.pt', 'convnextv2_base_22k_224_ema.pt'),
+        source='facebookresearch/ConvNeXt-V2: main_finetune.py / utils.save_model; models/convnextv2.py, models/utils.GRN ([1, 1, 1, C])'),
+    SourceFormat(
+        'convnextv2_fcmae', 'convnext', 'ConvNeXt V2 FCMAE pre-training (sparse encoder + decoder)',
+        rules=FCMAE_RULES,
+        sentinels=(r'^encoder\.stages\.0\.0\.dwconv\.kernel$',
+                   r'^encoder\.downsample_layers\.0\.0\.weight$'),
+        containers=('model', ), surgery=(densify_sparse_kernels, ),
+        released=('convnextv2_tiny_1k_224_fcmae.pt', 'convnextv2_base_1k_224_fcmae.pt'),
+        source='facebookresearch/ConvNeXt-V2: main_pretrain.py / utils.save_model; models/fcmae.py, models/convnextv2_sparse.py (MinkowskiEngine); utils.remap_checkpoint_keys'),
+    SourceFormat(
+        'timm_convnext', 'convnext', 'timm ConvNeXt / ConvNeXt V2',
+        rules=TIMM_RULES,
+        sentinels=(r'^stem\.0\.weight$', r'^stages\.0\.blocks\.0\.conv_dw\.weight$'),
+        containers=('model', 'state_dict'),
+        released=('convnext_tiny.fb_in1k (pytorch_model.bin / model.safetensors)',
+                  'convnextv2_tiny.fcmae'),
+        source='huggingface/pytorch-image-models timm/models/convnext.py (ConvNeXt, checkpoint_filter_fn)'),
+    SourceFormat(
+        'mmpretrain_convnext', 'convnext', 'mmpretrain ConvNeXt (classifier, MMDetection backbone, mmconv output)',
+        rules=MMPRETRAIN_RULES,
+        sentinels=(_MMP + r'stages\.0\.0\.depthwise_conv\.weight$',
+                   _MMP + r'downsample_layers\.0\.0\.weight$'),
+        released=('convnext-tiny_3rdparty_32xb128-noema_in1k_20220301-795e9634.pth', ),
+        source='open-mmlab/mmpretrain: models/backbones/convnext.py; MMEngine checkpoint {meta, state_dict, ...}'),
+)
+# fmt: on
+
+register(CONVNEXT_FAMILY, *CONVNEXT_FORMATS)

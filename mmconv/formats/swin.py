@@ -1,0 +1,585 @@
+# Copyright (c) mmconv contributors. All rights reserved.
+"""Swin Transformer (v1, V2, SimMIM; official and timm) -> MMDetection's
+``SwinTransformer`` and mmpretrain's ``SwinTransformerV2``.
+
+Two families, because the targets differ:
+
+* ``swin`` (v1): canonical names are those of MMDetection's
+  ``mmdet.models.backbones.SwinTransformer`` used with
+  ``convert_weights=False`` (mmconv converts, MMDetection's own
+  ``swin_converter`` is not needed): ``patch_embed.projection``,
+  ``stages.N.blocks.M.{norm1, attn.w_msa.{relative_position_bias_table,
+  qkv, proj}, norm2, ffn.layers.0.0, ffn.layers.1}``,
+  ``stages.N.downsample.{norm, reduction}`` at the **end** of stage ``N``
+  (``N`` < 3, as in the official code), ``norm0`` .. ``norm3``.
+* ``swinv2``: canonical names are those of mmpretrain's
+  ``SwinTransformerV2`` (``type='mmpretrain.SwinTransformerV2'`` in an
+  MMDetection config): the same block names plus ``attn.w_msa.{logit_scale,
+  q_bias, v_bias, cpb_mlp.0, cpb_mlp.2}``, and ``stages.N.downsample`` at the
+  **start** of stage ``N`` (``N`` >= 1, timm's placement).
+
+=====================  =======================================================
+format                 layout (as the official code saves it)
+=====================  =======================================================
+``swin``               microsoft/Swin-Transformer v1: released
+                       ``swin_{tiny,small,base,large}_patch4_window{7,12}_*.pth``
+                       ``{'model'}`` and training checkpoints ``{model,
+                       optimizer, lr_scheduler, max_accuracy, epoch, config}``
+                       (``relative_position_index`` / ``attn_mask`` buffers,
+                       ``layers.N.downsample`` ending stage ``N``, ``head``)
+``swinv2``             microsoft/Swin-Transformer V2 released files
+                       (``cpb_mlp``, ``logit_scale``, ``q_bias``/``v_bias``,
+                       ``relative_coords_table`` buffers)
+``simmim``             microsoft/SimMIM Swin pre-training ``{'model': encoder.*
+                       (+ ``mask_token``), decoder.*}``
+``simmim_swinv2``      Swin V2 SimMIM pre-training of
+                       microsoft/Swin-Transformer
+                       (``SwinTransformerV2ForSimMIM``), same wrapping
+``timm_swin``          timm ``swin_*`` state dicts (``layers.N.downsample``
+                       *starting* stage ``N``, ``head.fc``, no buffers)
+``timm_swinv2``        timm ``swinv2_*`` state dicts
+``mmdet_swin``         MMDetection ``SwinTransformer`` state dicts (mmconv's
+                       output, MMDetection's ``swin2mmdet.py`` output, a
+                       detector's ``backbone.*``): buffers dropped, nothing
+                       else
+``mmpretrain_swinv2``  mmpretrain ``SwinTransformerV2`` state dicts (mmconv's
+                       output, an ``ImageClassifier``'s ``backbone.*``)
+=====================  =======================================================
+
+Besides renaming (the report lists every tensor):
+
+* :func:`reorder_patch_merging`: MMDetection's and mmpretrain's
+  ``PatchMerging`` gather the 2x2 neighbours with ``nn.Unfold``
+  (channel-major, kernel positions row-major) where the official and timm
+  code concatenate ``x0, x1, x2, x3`` = (top-left, bottom-left, top-right,
+  bottom-right) blocks of ``C`` channels; the input columns of
+  ``downsample.reduction.weight`` (and, in v1, the ``4C`` channels of
+  ``downsample.norm``, which precedes the reduction) are permuted exactly as
+  MMDetection's ``swin_converter`` does. V2's norm follows the reduction
+  (``2C`` channels) and is kept as it is.
+* the final ``norm`` is the last stage's output norm of the detector's
+  pyramid (``norm3`` for ``out_indices=(0, 1, 2, 3)``); ``norm0``..``norm2``
+  have no pre-trained counterpart and keep their initialisation (weight 1,
+  bias 0): ``Family.never_pretrained`` lists them (and the index/coordinate
+  buffers the targets rebuild) so ``SelfSupPretrained`` does not count them
+  against its coverage, and the summary says so.
+* buffers the targets rebuild (``relative_position_index``, ``attn_mask``,
+  V2 ``relative_coords_table``) are dropped with their reason.
+* relative position bias tables at another window size (v1) are resized
+  with :func:`resize_relative_position_table`, which reproduces the bicubic
+  interpolation of MMDetection's ``SwinTransformer.init_weights``:
+  ``SelfSupPretrained`` does it for the module's shapes (:func:`fit_swin`),
+  the command line for ``--window-size N``; the change is listed. Swin V2
+  has no table (its continuous ``cpb_mlp`` is evaluated at any window); the
+  config must then set ``pretrained_window_sizes``.
+* :func:`swin_architecture` checks the result is one complete Swin and
+  records the backbone arguments the weights imply (embed dims, depths,
+  heads, window, MLP ratio) in ``meta['swin']``, a summary line and the
+  config hints.
+"""
+import math
+import re
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from ..spec import Family, Rule, SourceFormat, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..pipeline import Conversion, Request
+
+__all__ = [
+    'SWIN_FAMILY', 'SWINV2_FAMILY', 'SWIN_FORMATS', 'unfold_order',
+    'reorder_patch_merging', 'resize_relative_position_table', 'fit_swin',
+    'window_option', 'swin_architecture', 'infer_swin'
+]
+
+# --- rule groups -----------------------------------------------------------
+_L = r'layers\.(\d+)\.blocks\.(\d+)\.'
+_S = r'stages.\1.blocks.\2.'
+_INDEX_WHY = ('relative_position_index buffer (the target rebuilds it from '
+              'its window size)')
+_MASK_WHY = ('attn_mask buffer of shifted windows (the target rebuilds it '
+             'for each input size)')
+_COORDS_WHY = ('relative_coords_table buffer (mmpretrain rebuilds it from '
+               'window_size and pretrained_window_sizes)')
+
+
+def _blocks(prefix: str, what: str) -> Tuple[Rule, ...]:
+    """Transformer-block rules shared by every layout under ``prefix``."""
+    p = prefix + _L
+    return (
+        (p + r'attn\.relative_position_index$', None, _INDEX_WHY),
+        (p + r'attn\.relative_coords_table$', None, _COORDS_WHY),
+        (p + r'attn_mask$', None, _MASK_WHY),
+        (p + r'attn\.', _S + 'attn.w_msa.', f'{what}: window attention'),
+        (p + r'mlp\.fc1\.', _S + 'ffn.layers.0.0.', f'{what}: MLP fc1'),
+        (p + r'mlp\.fc2\.', _S + 'ffn.layers.1.', f'{what}: MLP fc2'),
+        (p + r'(norm[12])\.', _S + r'\3.', f'{what}: block norms'),
+    )
+
+
+def _stem(prefix: str, what: str) -> Tuple[Rule, ...]:
+    """Patch embedding, position embedding, final norm and head."""
+    return (
+        (prefix + r'patch_embed\.proj\.', 'patch_embed.projection.',
+         f'{what}: patch embedding'),
+        (prefix + r'patch_embed\.norm\.', 'patch_embed.norm.',
+         f'{what}: patch embedding norm'),
+        (prefix + r'absolute_pos_embed$', 'absolute_pos_embed',
+         f'{what}: absolute position embedding (ape=True)'),
+        (prefix + r'norm\.', 'norm3.',
+         f'{what}: final norm = output norm of the last stage (norm3 of the '
+         'pyramid, out_indices (0, 1, 2, 3))'),
+        (prefix + r'head\.', None, 'ImageNet classifier'),
+    )
+
+
+def _downsample(prefix: str, first: int, shift: int,
+                what: str) -> Tuple[Rule, ...]:
+    """``layers.N.downsample`` (``N`` from ``first``, three of them) ->
+    ``stages.{N + shift}.downsample``: the official code merges patches at
+    the end of stages 0-2, timm at the start of stages 1-3; MMDetection at
+    the end (as the official code), mmpretrain's V2 at the start (as timm).
+    Swin has four stages."""
+    return tuple(
+        (prefix + rf'layers\.{n}\.downsample\.(reduction|norm)\.',
+         rf'stages.{n + shift}.downsample.\1.',
+         f'{what}: patch merging of layers.{n} (stage {n + shift})')
+        for n in range(first, first + 3))
+
+
+def _swin_rules(prefix: str, what: str, first: int,
+                shift: int) -> Tuple[Rule, ...]:
+    return _blocks(prefix, what) + _downsample(prefix, first, shift, what) \
+        + _stem(prefix, what)
+
+
+_SIMMIM_HEAD: Tuple[Rule, ...] = (
+    (r'^encoder\.mask_token$', None,
+     'SimMIM mask token (masked-image-modelling input)'),
+    (r'^decoder\.', None, 'SimMIM decoder (1x1 conv + pixel shuffle)'),
+)
+
+# (first layers.N with a downsample, stage shift to the target)
+SWIN_RULES = _swin_rules('^', 'Swin', 0, 0)
+SWINV2_RULES = _swin_rules('^', 'Swin V2', 0, 1)
+SIMMIM_RULES = _SIMMIM_HEAD + _swin_rules(r'^encoder\.', 'SimMIM encoder',
+                                          0, 0)
+SIMMIM_SWINV2_RULES = _SIMMIM_HEAD + _swin_rules(
+    r'^encoder\.', 'SimMIM Swin V2 encoder', 0, 1)
+TIMM_SWIN_RULES = _swin_rules('^', 'timm Swin', 1, -1)
+TIMM_SWINV2_RULES = _swin_rules('^', 'timm Swin V2', 1, 0)
+
+
+def _target_layout(what: str) -> Tuple[Rule, ...]:
+    """A state dict already in the target's names (optionally under
+    ``backbone.``): rebuilt buffers and other modules dropped."""
+    b = r'^(?:backbone\.)?'
+    return (
+        (b + r'(.*\.)?relative_position_index$', None, _INDEX_WHY),
+        (b + r'(.*\.)?relative_coords_table$', None, _COORDS_WHY),
+        (b + r'(.*\.)?attn_mask$', None, _MASK_WHY),
+        (b + r'norm\.', 'norm3.',
+         "final norm left as norm.* by MMDetection's swin_converter (its "
+         'SwinTransformer ignores it) = output norm of the last stage'),
+        (b + r'((?:patch_embed|stages|norm\d)\.|absolute_pos_embed$)',
+         r'\1', f'{what}: already in its names'),
+        (r'^(?:neck|rpn_head|roi_head|bbox_head|mask_head|head|'
+         r'data_preprocessor)\.', None, f'not the backbone ({what} file '
+         'of a whole model)'),
+    )
+
+
+MMDET_SWIN_RULES = _target_layout('MMDetection SwinTransformer')
+MMPRETRAIN_SWINV2_RULES = _target_layout('mmpretrain SwinTransformerV2')
+
+
+# --- tensor surgery ----------------------------------------------------------
+def unfold_order(channels: int) -> 'torch.Tensor':
+    """Source channel of every ``nn.Unfold`` channel of a 2x2 merge.
+
+    ``nn.Unfold`` output channel ``c * 4 + k`` (``k`` = kernel position,
+    row-major: (0,0), (0,1), (1,0), (1,1)) is source channel ``j * C + c``
+    of the official concatenation ``[x0, x1, x2, x3]`` = positions (0,0),
+    (1,0), (0,1), (1,1), so ``j = [0, 2, 1, 3][k]``: MMDetection's
+    ``correct_unfold_reduction_order`` / ``correct_unfold_norm_order``.
+
+    Args:
+        channels (int): ``4 C``, the merged channels.
+
+    Returns:
+        torch.Tensor: ``index`` with ``unfold[..., i] = official[...,
+        index[i]]``.
+    """
+    import torch
+    c = channels // 4
+    blocks = torch.tensor([0, 2, 1, 3])
+    return (blocks.view(1, 4) * c + torch.arange(c).view(c, 1)).reshape(-1)
+
+
+def reorder_patch_merging(conv: 'Conversion', request: 'Request') -> None:
+    """Permute the merged channels of every ``downsample`` to the
+    ``nn.Unfold`` order of MMDetection's / mmpretrain's ``PatchMerging``.
+
+    ``reduction.weight`` ``(2C, 4C)``: its input columns; ``norm``: only
+    when it has ``4C`` channels (v1, norm before the reduction). V2's norm
+    (``2C``, after the reduction) is unchanged.
+    """
+    from ..errors import ConversionError
+    sd = conv.state_dict
+    for key in [k for k in sd if k.endswith('downsample.reduction.weight')]:
+        weight = sd[key]
+        if weight.dim() != 2 or weight.shape[1] % 4:
+            raise ConversionError(
+                f'{key} has shape {list(weight.shape)}: not a 2x2 patch '
+                'merging (out, 4C) weight')
+        index = unfold_order(weight.shape[1])
+        sd[key] = weight[:, index].contiguous()
+        conv.changed.append(
+            (key, tuple(weight.shape), tuple(weight.shape),
+             'reorder_patch_merging: input columns [x0,x1,x2,x3] blocks -> '
+             'nn.Unfold order (MMDetection swin_converter)'))
+        stem = key[:-len('reduction.weight')]
+        for name in ('norm.weight', 'norm.bias'):
+            norm = sd.get(stem + name)
+            if norm is not None and norm.shape[0] == weight.shape[1]:
+                sd[stem + name] = norm[index].contiguous()
+                conv.changed.append(
+                    (stem + name, tuple(norm.shape), tuple(norm.shape),
+                     'reorder_patch_merging: 4C channels -> nn.Unfold order'))
+
+
+def resize_relative_position_table(table: 'torch.Tensor',
+                                   length: int) -> 'torch.Tensor':
+    """Resize a ``((2W-1)^2, heads)`` bias table to ``length`` rows exactly
+    as MMDetection's ``SwinTransformer.init_weights`` does (bicubic
+    ``F.interpolate`` of the ``(1, heads, 2W-1, 2W-1)`` grid, no
+    ``align_corners``, no antialias).
+
+    Args:
+        table (torch.Tensor): ``(L1, heads)`` table.
+        length (int): ``L2 = (2 W' - 1) ** 2`` rows.
+
+    Returns:
+        torch.Tensor: ``(L2, heads)``, contiguous.
+    """
+    import torch.nn.functional as F
+    rows, heads = table.shape
+    s1, s2 = int(rows**0.5), int(length**0.5)
+    resized = F.interpolate(
+        table.permute(1, 0).reshape(1, heads, s1, s1), size=(s2, s2),
+        mode='bicubic')
+    return resized.view(heads, length).permute(1, 0).contiguous()
+
+
+_TABLE = 'relative_position_bias_table'
+
+
+def _resize_tables(conv: 'Conversion', lengths: Dict[str, int],
+                   why: str) -> None:
+    """Resize the tables named in ``lengths`` (same heads) and list them."""
+    resized = 0
+    for key, length in lengths.items():
+        table = conv.state_dict.get(key)
+        if table is None or table.dim() != 2 or table.shape[0] == length:
+            continue
+        after = resize_relative_position_table(table, length)
+        conv.state_dict[key] = after
+        conv.changed.append((key, tuple(table.shape), tuple(after.shape),
+                             f'resize_relative_position_table: {why}'))
+        resized += 1
+    if resized:
+        conv.notes.append(
+            f'{resized} relative position bias tables resized by bicubic '
+            'interpolation, as MMDetection SwinTransformer.init_weights does '
+            f'({why})')
+
+
+def _window_of(rows: int) -> Optional[int]:
+    """``W`` with ``(2W - 1) ** 2 == rows``, or None."""
+    side = math.isqrt(rows)
+    return (side + 1) // 2 if side * side == rows and side % 2 else None
+
+
+def fit_swin(conv: 'Conversion', shapes: Dict[str, Tuple[int, ...]]) -> None:
+    """``Family.fit``: resize v1 bias tables to the target module's window.
+
+    Called by ``SelfSupPretrained`` with the shapes of the module being
+    initialised; a table whose head count differs is left alone (the shape
+    mismatch is then reported as the error it is).
+    """
+    lengths = {}
+    for key, table in conv.state_dict.items():
+        want = shapes.get(key)
+        if key.endswith(_TABLE) and want is not None and len(want) == 2 \
+                and want[1] == table.shape[1] and want[0] != table.shape[0] \
+                and _window_of(want[0]) is not None:
+            lengths[key] = want[0]
+    if lengths:
+        key = next(iter(lengths))
+        src, dst = _window_of(conv.state_dict[key].shape[0]), \
+            _window_of(lengths[key])
+        _resize_tables(conv, lengths, f'window {src} -> {dst} of the model')
+
+
+def window_option(conv: 'Conversion', request: 'Request') -> None:
+    """Family step: ``--window-size N`` resizes every v1 bias table to the
+    window ``N`` of the detector (``window_size`` of the config)."""
+    from ..errors import UsageError
+    window = request.window_size
+    if window is None:
+        return
+    if window < 1:
+        raise UsageError(f'--window-size {window}: must be a positive int')
+    tables = {k: v for k, v in conv.state_dict.items() if k.endswith(_TABLE)}
+    if not tables:  # Swin V2: continuous position bias, nothing to resize
+        conv.notes.append(
+            f'--window-size {window}: Swin V2 has no bias table to resize; '
+            'set window_size and pretrained_window_sizes in the config')
+        return
+    src = _window_of(next(iter(tables.values())).shape[0])
+    _resize_tables(conv, {k: (2 * window - 1)**2 for k in tables},
+                   f'window {src} -> {window} (--window-size)')
+
+
+# --- what the weights imply --------------------------------------------------
+def _numbers(pattern: str, keys: List[str]) -> List[int]:
+    found = {int(m.group(1)) for m in map(re.compile(pattern).match, keys)
+             if m}
+    return sorted(found)
+
+
+def infer_swin(state_dict: Dict[str, 'torch.Tensor'], v2: bool
+               ) -> Dict[str, Any]:
+    """The backbone arguments a converted state dict implies, or raise.
+
+    Args:
+        state_dict (dict): Canonical (target-named) tensors.
+        v2 (bool): Swin V2 (mmpretrain names, downsample at stage start).
+
+    Returns:
+        dict: ``embed_dims``, ``depths``, ``num_heads``, ``patch_size``,
+        ``window_size`` (None when the weights do not record it: V2),
+        ``mlp_ratio``, ``qkv_bias`` (v1), ``in_channels``.
+
+    Raises:
+        ConversionError: Not one complete Swin (names what is missing).
+    """
+    from ..errors import ConversionError
+    keys = list(state_dict)
+    proj = state_dict.get('patch_embed.projection.weight')
+    if proj is None or proj.dim() != 4:
+        raise ConversionError('no patch_embed.proj.weight after conversion: '
+                              f'not a Swin backbone ({len(keys)} tensors)')
+    stages = _numbers(r'stages\.(\d+)\.blocks\.', keys)
+    if stages != list(range(4)):
+        raise ConversionError(f'Swin stages {stages} after conversion: a '
+                              'Swin has blocks in stages 0, 1, 2, 3')
+    depths = [len(_numbers(rf'stages\.{s}\.blocks\.(\d+)\.', keys))
+              for s in stages]
+    merges = _numbers(r'stages\.(\d+)\.downsample\.reduction\.weight$', keys)
+    want = [1, 2, 3] if v2 else [0, 1, 2]
+    missing = [f'stages.{s}.downsample' for s in want if s not in merges]
+    missing += [k for k in ('norm3.weight', 'patch_embed.norm.weight')
+                if k not in state_dict]
+    heads = []
+    for s in stages:
+        attn = f'stages.{s}.blocks.0.attn.w_msa.'
+        head_key = attn + ('logit_scale' if v2 else _TABLE)
+        if head_key not in state_dict:
+            missing.append(head_key)
+            continue
+        t = state_dict[head_key]
+        heads.append(int(t.shape[0] if v2 else t.shape[1]))
+    if missing:
+        raise ConversionError(
+            f'not a complete Swin{" V2" if v2 else ""}: missing '
+            f'{", ".join(missing[:4])}' + (f' (+{len(missing) - 4})'
+                                           if len(missing) > 4 else ''))
+    dim = int(proj.shape[0])
+    fc1 = state_dict['stages.0.blocks.0.ffn.layers.0.0.weight']
+    hidden = int(fc1.shape[0])
+    window = None
+    if not v2:
+        window = _window_of(int(state_dict['stages.0.blocks.0.attn.w_msa.'
+                                           + _TABLE].shape[0]))
+    return dict(embed_dims=dim, depths=depths, num_heads=heads,
+                patch_size=int(proj.shape[2]), in_channels=int(proj.shape[1]),
+                window_size=window, mlp_ratio=hidden / dim,
+                qkv_bias='stages.0.blocks.0.attn.w_msa.qkv.bias' in state_dict)
+
+
+def _source_v2_window(conv: 'Conversion') -> Optional[int]:
+    """The pre-training window of a V2 file (its coordinate table), if any."""
+    for key, value in conv.source.items():
+        if key.endswith('relative_coords_table') and value.dim() == 4:
+            return (int(value.shape[1]) + 1) // 2
+    return None
+
+
+def swin_architecture(conv: 'Conversion', request: 'Request') -> None:
+    """Family step: check the result is one Swin, record its arguments
+    (``meta['swin']``, summary line, notes on fresh norms, config hints)."""
+    v2 = conv.family.name == 'swinv2'
+    args = infer_swin(conv.state_dict, v2)
+    if v2:
+        args['window_size'] = _source_v2_window(conv)
+    conv.meta['swin'] = dict(args)
+    window = args['window_size']
+    conv.lines.append(
+        f'swin:     {"V2 " if v2 else ""}embed_dims={args["embed_dims"]} '
+        f'depths={tuple(args["depths"])} '
+        f'num_heads={tuple(args["num_heads"])} '
+        f'patch_size={args["patch_size"]} '
+        f'window_size={window if window else "not recorded"} '
+        f'mlp_ratio={args["mlp_ratio"]:g}')
+    fresh = [f'norm{i}' for i in range(3)
+             if f'norm{i}.weight' not in conv.state_dict]
+    if fresh:
+        conv.notes.append(
+            'the final norm is loaded as norm3 (last stage of the pyramid); '
+            f'{", ".join(fresh)} have no pre-trained counterpart and keep '
+            'their initialisation (LayerNorm weight 1, bias 0)')
+    if not v2:
+        conv.notes.append(
+            "MMDetection's SwinTransformer shifts the windows of every odd "
+            'block, also in a stage no larger than one window, where the '
+            'official model does not (the last stage at the pre-training '
+            'resolution): that stage computes differently there; at '
+            'detection resolutions both shift')
+    if v2:
+        conv.notes.append(
+            'mmpretrain SwinTransformerV2 rebuilds relative_coords_table and '
+            'relative_position_index from window_size and '
+            'pretrained_window_sizes: set pretrained_window_sizes to the '
+            'pre-training window when the detector uses another window')
+    conv.hints = lambda dst: _hints(args, v2, dst)
+
+
+def _hints(args: Dict[str, Any], v2: bool, dst: str) -> str:
+    """The config lines that use the converted file."""
+    widths = [args['embed_dims'] * 2**i for i in range(4)]
+    common = (f"embed_dims={args['embed_dims']}, "
+              f"depths={list(args['depths'])}, "
+              f"num_heads={list(args['num_heads'])}")
+    init = f"init_cfg=dict(type='SelfSupPretrained', checkpoint='{dst}')"
+    lines = ["custom_imports = dict(imports=['mmconv'], "
+             'allow_failed_imports=False)']
+    if v2:
+        window = args['window_size'] or 8
+        if not args['window_size']:
+            lines.append('# the weights do not record the window: 8 is '
+                         "timm's swinv2_*_window8_*; use the file's")
+        lines += [
+            "model = dict(backbone=dict(_delete_=True, "
+            "type='mmpretrain.SwinTransformerV2',",
+            f"    arch=dict(embed_dims={args['embed_dims']}, "
+            f"depths={list(args['depths'])}, "
+            f"num_heads={list(args['num_heads'])}, "
+            'extra_norm_every_n_blocks=0),',
+            f'    window_size={window}, pretrained_window_sizes='
+            f'[{window}] * 4, out_indices=(0, 1, 2, 3),',
+            f'    {init}),',
+            f'    neck=dict(in_channels={widths}))',
+        ]
+    else:
+        window = args['window_size'] or 7
+        lines += [
+            f"model = dict(backbone=dict(type='SwinTransformer', {common},",
+            f'    window_size={window}, convert_weights=False,',
+            f'    {init}),',
+            f'    neck=dict(in_channels={widths}))',
+            "# MMDetection's SwinTransformer keeps only 'backbone.' keys of a "
+            "plain Pretrained file: use SelfSupPretrained (mmconv imported)",
+        ]
+    return '\n'.join(lines)
+
+
+# --- declarations ------------------------------------------------------------
+_NEVER = (r'^norm[0-2]\.(?:weight|bias)$',
+          r'(?:^|\.)attn\.w_msa\.relative_position_index$')
+_SELF_LOADING_SWIN = 'mmdet.models.backbones.swin:SwinTransformer'
+
+SWIN_FAMILY = Family(
+    'swin', 'Swin Transformer backbone', options=('prefix', 'window_size'),
+    finish=(window_option, swin_architecture),
+    targets=('mmdet', ), never_pretrained=_NEVER, fit=fit_swin,
+    self_loading=(_SELF_LOADING_SWIN, ))
+SWINV2_FAMILY = Family(
+    'swinv2', 'Swin Transformer V2 backbone',
+    options=('prefix', 'window_size'),
+    finish=(window_option, swin_architecture),
+    targets=('mmdet', ),
+    never_pretrained=_NEVER + (
+        r'(?:^|\.)attn\.w_msa\.relative_coords_table$', ))
+
+_T1 = r'layers\.0\.blocks\.0\.attn\.relative_position_bias_table$'
+_T2 = r'layers\.0\.blocks\.0\.attn\.cpb_mlp\.0\.weight$'
+_END0 = r'layers\.0\.downsample\.reduction\.weight$'
+_START1 = r'layers\.1\.downsample\.reduction\.weight$'
+
+_MERGE = (reorder_patch_merging, )
+_MMDET_STAGE0 = r'^(?:backbone\.)?stages\.0\.'
+
+# fmt: off
+SWIN_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'swin', 'swin', 'Swin Transformer (official, released or training)',
+        rules=SWIN_RULES,
+        sentinels=('^' + _T1, '^' + _END0, r'^patch_embed\.proj\.weight$'),
+        surgery=_MERGE, containers=('model', ),
+        released=('swin_tiny_patch4_window7_224.pth', 'swin_small_patch4_window7_224.pth',
+                  'swin_base_patch4_window7_224_22k.pth', 'swin_base_patch4_window12_384.pth',
+                  'ckpt_epoch_299.pth'),
+        source='microsoft/Swin-Transformer: models/swin_transformer.py; utils.save_checkpoint saves {model, optimizer, lr_scheduler, max_accuracy, epoch, config (yacs)}'),
+    SourceFormat(
+        'swinv2', 'swinv2', 'Swin Transformer V2 (official)',
+        rules=SWINV2_RULES,
+        sentinels=('^' + _T2, '^' + _END0, r'^layers\.0\.blocks\.0\.attn\.logit_scale$'),
+        surgery=_MERGE, containers=('model', ),
+        released=('swinv2_tiny_patch4_window8_256.pth', 'swinv2_base_patch4_window12_192_22k.pth'),
+        source='microsoft/Swin-Transformer: models/swin_transformer_v2.py (res-post-norm, cosine attention, cpb_mlp)'),
+    SourceFormat(
+        'simmim', 'swin', 'SimMIM Swin pre-training (encoder + decoder)',
+        rules=SIMMIM_RULES,
+        sentinels=(r'^encoder\.mask_token$', r'^encoder\.' + _T1),
+        surgery=_MERGE, containers=('model', ),
+        released=('simmim_pretrain__swin_base__img192_window6__800ep.pth', ),
+        source='microsoft/SimMIM: models/simmim.py SimMIM(encoder=SwinTransformerForSimMIM, decoder=Conv2d+PixelShuffle); utils.save_checkpoint {model, optimizer, lr_scheduler, scaler, epoch, config}'),
+    SourceFormat(
+        'simmim_swinv2', 'swinv2', 'SimMIM Swin V2 pre-training (encoder + decoder)',
+        rules=SIMMIM_SWINV2_RULES,
+        sentinels=(r'^encoder\.mask_token$', r'^encoder\.' + _T2),
+        surgery=_MERGE, containers=('model', ),
+        source='microsoft/Swin-Transformer: models/simmim.py SwinTransformerV2ForSimMIM'),
+    SourceFormat(
+        'timm_swin', 'swin', 'timm Swin Transformer',
+        rules=TIMM_SWIN_RULES,
+        sentinels=('^' + _T1, '^' + _START1),
+        surgery=_MERGE, containers=('state_dict', 'model'),
+        source='huggingface/pytorch-image-models: timm/models/swin_transformer.py (downsample at the start of a stage, head.fc)'),
+    SourceFormat(
+        'timm_swinv2', 'swinv2', 'timm Swin Transformer V2',
+        rules=TIMM_SWINV2_RULES,
+        sentinels=('^' + _T2, '^' + _START1),
+        surgery=_MERGE, containers=('state_dict', 'model'),
+        source='huggingface/pytorch-image-models: timm/models/swin_transformer_v2.py'),
+    SourceFormat(
+        'mmdet_swin', 'swin', 'MMDetection SwinTransformer (converted, or a detector)',
+        rules=MMDET_SWIN_RULES,
+        sentinels=(_MMDET_STAGE0 + r'blocks\.0\.attn\.w_msa\.relative_position_bias_table$',
+                   _MMDET_STAGE0 + r'downsample\.reduction\.weight$'),
+        containers=('state_dict', ),
+        source="open-mmlab/mmdetection: SwinTransformer state dicts (mmconv output, tools/model_converters/swin2mmdet.py output, a detector's backbone.*)"),
+    SourceFormat(
+        'mmpretrain_swinv2', 'swinv2', 'mmpretrain SwinTransformerV2 (converted, or a classifier)',
+        rules=MMPRETRAIN_SWINV2_RULES,
+        sentinels=(_MMDET_STAGE0 + r'blocks\.0\.attn\.w_msa\.cpb_mlp\.0\.weight$',
+                   r'^(?:backbone\.)?stages\.1\.downsample\.reduction\.weight$'),
+        containers=('state_dict', ),
+        source='open-mmlab/mmpretrain: SwinTransformerV2 state dicts (mmconv output, ImageClassifier checkpoints backbone.* + head.*)'),
+)
+# fmt: on
+
+register(SWIN_FAMILY, SWINV2_FAMILY, *SWIN_FORMATS)
