@@ -218,6 +218,24 @@ def ratios(med, inputs):
     return rows
 
 
+def table_lines(rows, med):
+    """Markdown tables: the targets (PASS/FAIL) and the per-command
+    medians."""
+    lines = ['| measure | ratio | target | result |', '|---|---|---|---|']
+    for name, value, limit in rows:
+        verdict = '' if limit is None else (
+            'PASS' if value <= limit else 'FAIL')
+        lines.append(f'| {name} | {value:.2f} | '
+                     f'{"-" if limit is None else f"<= {limit}"} | '
+                     f'{verdict} |')
+    lines += ['', '| command | median wall s | wall min-max s | '
+              'median peak RSS MiB |', '|---|---|---|---|']
+    lines += [f'| {k} | {v["wall"]:.2f} | {min(v["walls"]):.2f}-'
+              f'{max(v["walls"]):.2f} | {v["rss_mb"]:.0f} |'
+              for k, v in med.items()]
+    return lines
+
+
 def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -234,18 +252,7 @@ def main(argv=None) -> int:
     rows = ratios(med, inputs)
     sizes = {k: os.path.getsize(v) / 2**20 for k, v in inputs.items()}
     ram_gib = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
-    lines = ['| measure | ratio | target | result |', '|---|---|---|---|']
-    for name, value, limit in rows:
-        verdict = '' if limit is None else (
-            'PASS' if value <= limit else 'FAIL')
-        lines.append(f'| {name} | {value:.2f} | '
-                     f'{"-" if limit is None else f"<= {limit}"} | '
-                     f'{verdict} |')
-    lines += ['', '| command | median wall s | wall min-max s | '
-              'median peak RSS MiB |', '|---|---|---|---|']
-    lines += [f'| {k} | {v["wall"]:.2f} | {min(v["walls"]):.2f}-'
-              f'{max(v["walls"]):.2f} | {v["rss_mb"]:.0f} |'
-              for k, v in med.items()]
+    lines = table_lines(rows, med)
     lines += ['', 'Inputs: ' + ', '.join(f'{k} = {v:.0f} MiB'
                                          for k, v in sizes.items()) +
               f'; {args.repeats} interleaved rounds after a warm-up round '

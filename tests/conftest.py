@@ -11,6 +11,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # one pytest-xdist worker per CPU (pytest.ini): one thread each, or
+    # the workers' intra-op thread pools fight over the same cores
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope='session')
 def tv_resnet50():

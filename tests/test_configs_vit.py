@@ -132,25 +132,36 @@ def _train_options(data: str, layout: L.ViTLayout, src: str) -> list:
     return opts
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('path', VIT_CONFIGS, ids=map(_name, VIT_CONFIGS))
-def test_mim_train_vit(path, tiny_coco, tmp_path):  # noqa: F811
-    """`mim train mmdet CONFIG` for two iterations from the raw file: exit
-    0, finite losses, checkpoint saved, every pre-trained backbone tensor
-    at iteration 0 bit-identical to the raw file's."""
+def _run_vit_train(path: str, data: str, tmp, launcher: int = None,
+                   extra=()) -> tuple:
+    """Train the config for a couple of iterations from a raw file in the
+    source's layout: `mim train mmdet` (one process) or `torchrun` on two
+    CPU ranks (gloo) through tests/helpers/cpu_dist_train.py."""
     layout = _layout_for(path)
-    src = str(tmp_path / layout.filename)
+    src = str(tmp / layout.filename)
     torch.save(layout.checkpoint, src)
-    work = tmp_path / 'work'
+    work = tmp / 'work'
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
                os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
-    cmd = [os.path.join(BIN, 'mim'), 'train', 'mmdet', path, '--work-dir',
-           str(work), '--cfg-options'] + _train_options(tiny_coco, layout,
-                                                        src)
+    opts = _train_options(data, layout, src) + list(extra)
+    if launcher is None:
+        cmd = [os.path.join(BIN, 'mim'), 'train', 'mmdet', path]
+    else:
+        cmd = [os.path.join(BIN, 'torchrun'), '--nproc_per_node', '2',
+               '--master_port', str(launcher),
+               os.path.join(ROOT, 'tests', 'helpers', 'cpu_dist_train.py'),
+               path, '--launcher', 'pytorch']
+    cmd += ['--work-dir', str(work), '--cfg-options'] + opts
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                           timeout=900)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
+    return layout, work, output
+
+
+def _check_vit_run(layout: L.ViTLayout, work, output: str) -> None:
+    """Finite losses, a saved checkpoint, and every pre-trained backbone
+    tensor at iteration 0 from the raw file (the hook's table)."""
     row = re.search(r'^backbone\s+(\d+)\s+(\d+)\s+(\S+)\s+(.+)$', output,
                     re.M)
     assert row, output[-3000:]
@@ -161,11 +172,43 @@ def test_mim_train_vit(path, tiny_coco, tmp_path):  # noqa: F811
     losses = [json.loads(line)['loss'] for line in open(scalars[0])
               if '"loss"' in line]
     assert len(losses) >= 2 and all(math.isfinite(x) for x in losses)
-    saved = torch.load(str(work / 'epoch_1.pth'), map_location='cpu',
-                       weights_only=False)
+    last = sorted(glob.glob(str(work / 'epoch_*.pth')))[-1]
+    saved = torch.load(last, map_location='cpu', weights_only=False)
     backbone = {k[len('backbone.'):] for k in saved['state_dict']
                 if k.startswith('backbone.')}
     expected = {k for k in layout.expected if not k.startswith('norm.')}
     rel = {f'blocks.{i}.attn.rel_pos_{a}' for i in range(depth)
            for a in 'hw'}
     assert backbone == expected | rel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', VIT_CONFIGS, ids=map(_name, VIT_CONFIGS))
+def test_mim_train_vit(path, tiny_coco, tmp_path):  # noqa: F811
+    """`mim train mmdet CONFIG` for two iterations from the raw file: exit
+    0, finite losses, checkpoint saved, every pre-trained backbone tensor
+    at iteration 0 bit-identical to the raw file's."""
+    layout, work, output = _run_vit_train(path, tiny_coco, tmp_path)
+    _check_vit_run(layout, work, output)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_train_vit(tiny_coco, tmp_path):  # noqa: F811
+    """The DINOv2 ViT-S/14 config (layer scale, registers, patch 14, the
+    layer-wise lr decay constructor) on two CPU ranks with gloo."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    path = next(p for p in VIT_CONFIGS if '-s14-dinov2-reg4-' in p)
+    layout, work, output = _run_vit_train(
+        path, tiny_coco, tmp_path, launcher=port, extra=[
+            'env_cfg.dist_cfg.backend=gloo',
+            # each rank sees one of the two images per epoch
+            'train_cfg.max_epochs=2', 'train_cfg.val_interval=3',
+            'model_wrapper_cfg.type=MMDistributedDataParallel',
+            'model_wrapper_cfg.device_ids=None',
+        ])
+    assert 'Distributed training: True' in output or \
+        'world_size: 2' in output, output[-3000:]
+    _check_vit_run(layout, work, output)

@@ -50,6 +50,8 @@ BUILDERS = {
     'dinov2-teacher-chunked': L.build_dinov2_teacher,
     'dinov2-teacher-chunked-reg4': lambda: L.build_dinov2_teacher(
         registers=4),
+    'dinov2-training-teacher': L.build_dinov2_training,
+    'dinov2-training-student': lambda: L.build_dinov2_training('student'),
     'mmpretrain-mae': lambda: L.build_mmpretrain_vit('MAE'),
     'mmpretrain-mocov3': lambda: L.build_mmpretrain_vit('MoCoV3'),
 }

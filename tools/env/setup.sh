@@ -14,7 +14,7 @@ VENV="${MMCONV_VENV:-$ROOT/.venv}"
 CACHE="${MMCONV_CACHE:-$HOME/.cache/mmconv}"
 WHEELS="$CACHE/wheels"
 PY="${PYTHON:-python3}"
-STAMP_VERSION="stack-v2"   # bump when requirements/*.txt change
+STAMP_VERSION="stack-v3"   # bump when requirements/*.txt change
 
 # The pins live in requirements/reference.txt (setup.py reads it too).
 pin() { grep -E "^$1([=<>]|$)" "$ROOT/requirements/reference.txt" | head -n1; }

@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${MMCONV_VENV_TORCH21:-$ROOT/.venv-torch21}"
 PY="${PYTHON:-python3}"
-STAMP_VERSION="torch21-v1"
+STAMP_VERSION="torch21-v2"
 PINS=(torch==2.1.2 torchvision==0.16.2 "numpy<2" mmengine==0.10.7)
 TESTS=($(grep -Ev '^(#|timm|$)' "$ROOT/requirements/tests.txt"))
 
