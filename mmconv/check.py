@@ -12,7 +12,8 @@ initialisation fails the check.
 """
 from typing import Optional, Sequence
 
-from .provenance import Provenance, compare, fingerprints
+from .provenance import (Provenance, compare, fingerprints,
+                         record_fingerprints)
 
 __all__ = ['check_config']
 
@@ -66,6 +67,7 @@ def check_config(config: str, checkpoint: Optional[str] = None,
     from .errors import CheckFailedError, MMConvError
     from .provenance import pretrained_configs
     model, cfg = _build_model(config, cfg_options)
+    record_fingerprints()
     before = fingerprints(model)
     try:
         model.init_weights()

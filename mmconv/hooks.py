@@ -13,7 +13,8 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch import nn
 
-from .provenance import Provenance, compare, fingerprints, format_table
+from .provenance import (Provenance, compare, fingerprints, format_table,
+                         record_fingerprints)
 
 __all__ = ['PretrainedLoadCheckHook']
 
@@ -74,7 +75,9 @@ class PretrainedLoadCheckHook(Hook):
         return model.module if is_model_wrapper(model) else model
 
     def before_run(self, runner) -> None:
-        """Fingerprint the randomly initialised parameters."""
+        """Fingerprint the randomly initialised parameters (and have
+        ``SelfSupPretrained`` record what it loads)."""
+        record_fingerprints()
         self._before = fingerprints(self._model(runner))
 
     def before_train(self, runner) -> None:

@@ -27,7 +27,7 @@ from .containers import take_prefix, unwrap
 from .errors import ConversionError, MMConvError
 from .io import load_source
 from .pipeline import Conversion, Request, convert_state_dict
-from .provenance import RECORD_ATTR, fingerprint
+from .provenance import RECORD_ATTR, fingerprint, fingerprints_recorded
 
 __all__ = ['SelfSupPretrainedInit', 'defer_to_initializer']
 
@@ -175,7 +175,9 @@ class SelfSupPretrainedInit(PretrainedInit):
         setattr(module, RECORD_ATTR, {
             'file': str(self.checkpoint), 'format': self.format_name,
             'loaded': len(self.loaded), 'total': self.total,
-            'fingerprints': {k: fingerprint(loadable[k]) for k in self.loaded},
+            'fingerprints': ({k: fingerprint(loadable[k])
+                              for k in self.loaded}
+                             if fingerprints_recorded() else None),
         })
         if hasattr(module, '_params_init_info'):
             update_init_info(module, init_info=self._get_init_info())

@@ -645,14 +645,19 @@ def save_file(obj: Dict[str, Any], dst: str, *, src: Optional[str] = None,
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f'.{os.path.basename(dst)}.',
                                suffix='.part')
     try:
+        # mkstemp creates 0600; give the file what open() would (0666 less
+        # the umask), so a converted checkpoint is as readable as any other
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, 'wb') as raw:
             writer = _HashingWriter(raw) if publish else raw
             if fmt == 'safetensors':
                 writer.write(_safetensors_bytes(obj))
             elif fmt == 'pkl':  # numpy arrays + plain types (detectron2)
                 pickle.dump(obj, writer, protocol=4)
-            else:
+            elif publish:  # every byte through the hashing writer
                 torch.save(obj, writer)
+            else:  # by path: torch's own writer, no Python write() per record
+                torch.save(obj, tmp)
             raw.flush()
             os.fsync(raw.fileno())
         sha = writer.sha256.hexdigest() if publish else None
@@ -674,6 +679,13 @@ def save_file(obj: Dict[str, Any], dst: str, *, src: Optional[str] = None,
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _split_ext(path: str) -> Tuple[str, str]:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 __all__ = ['RECORD_ATTR', 'PRETRAINED_TYPES', 'fingerprint',
+           'record_fingerprints', 'fingerprints_recorded',
            'fingerprints', 'pretrained_configs', 'Provenance',
            'compare', 'format_table']
 
@@ -28,6 +29,25 @@ RECORD_ATTR = '_mmconv_pretrained'
 #: Initializer types (config names and classes) that load a checkpoint.
 PRETRAINED_TYPES = ('Pretrained', 'SelfSupPretrained', 'PretrainedInit',
                     'SelfSupPretrainedInit')
+
+
+#: Whether ``SelfSupPretrained`` records the fingerprints of what it loads.
+#: Hashing reads every loaded byte (about 1 GB/s), and only the load-check
+#: table reads them, so :class:`~mmconv.hooks.PretrainedLoadCheckHook`
+#: (``before_run``, which MMEngine calls before initialising the weights)
+#: and ``mmconv check`` switch it on; without them nothing is hashed, and a
+#: table built anyway hashes the file instead.
+_RECORD_FINGERPRINTS = [False]
+
+
+def record_fingerprints(on: bool = True) -> None:
+    """Make ``SelfSupPretrained`` record fingerprints from now on."""
+    _RECORD_FINGERPRINTS[0] = on
+
+
+def fingerprints_recorded() -> bool:
+    """Whether :func:`record_fingerprints` is on."""
+    return _RECORD_FINGERPRINTS[0]
 
 
 def fingerprint(tensor: torch.Tensor) -> str:
@@ -141,8 +161,10 @@ def compare(model: nn.Module, before: Dict[str, str],
 def _from_checkpoint(owner: nn.Module, cfg: dict, warn=None) -> int:
     """Parameters of ``owner`` bit-identical to its checkpoint's."""
     record = getattr(owner, RECORD_ATTR, None)
-    prints = record['fingerprints'] if record else _file_prints(
-        cfg['checkpoint'], cfg.get('prefix') or '', warn)
+    prints = record.get('fingerprints') if record else None
+    if prints is None:  # not recorded: hash the file
+        prints = _file_prints(cfg['checkpoint'], cfg.get('prefix') or '',
+                              warn)
     return sum(1 for n, p in owner.named_parameters()
                if prints.get(n) == fingerprint(p))
 

@@ -70,3 +70,20 @@ def test_sigkill_mid_write_leaves_no_destination(big_source, tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = torch.load(dst, mmap=True)
     assert len(out['state_dict']) == 9
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o077])
+def test_output_mode_is_what_open_would_give(tmp_path, umask):
+    """The atomic write's temporary file is created 0600; the published
+    checkpoint has the mode a plain open() gives under the umask."""
+    from mmconv.io import save_file
+    old = os.umask(umask)
+    try:
+        final, _ = save_file({'state_dict': {'w': torch.zeros(2)}},
+                               str(tmp_path / 'out.pth'))
+        plain = tmp_path / 'plain'
+        plain.write_bytes(b'')
+    finally:
+        os.umask(old)
+    mode = os.stat(final).st_mode & 0o777
+    assert mode == os.stat(plain).st_mode & 0o777 == 0o666 & ~umask

@@ -191,8 +191,12 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
     dst = tmp_path / 'dst.pth'
     dst.write_bytes(b'old')
 
-    def full_disk(obj, f):
-        f.write(b'x' * 1000)
+    def full_disk(obj, f):  # torch.save(obj, path or file object)
+        if isinstance(f, str):
+            with open(f, 'ab') as out:
+                out.write(b'x' * 1000)
+        else:
+            f.write(b'x' * 1000)
         raise OSError(errno.ENOSPC, 'No space left on device')
 
     monkeypatch.setattr(mio.torch, 'save', full_disk)
