@@ -173,10 +173,17 @@ def run(work: str, repeats: int, skip_big: bool):
         cands[f'mmdet_{size}'] = [PY, '-c', MMDET_APPROACH, src, out]
         cands[f'mmap5_{size}'] = [PY, '-c', MMAP5, src, out]
         cands[f'mmdetlit_{size}'] = [PY, '-c', MMDET_LITERAL, src, out]
+    return interleaved(cands, out, repeats), inputs
+
+
+def interleaved(cands, dst, repeats):
+    """Run every command of ``cands`` once per round, ``repeats`` rounds
+    after a warm-up round (warm page cache), each :func:`measure`-d with
+    ``dst`` deleted first; return each command's medians and samples."""
     samples = {name: [] for name in cands}
     for round_ in range(repeats + 1):  # round 0 warms the page cache
         for name, cmd in cands.items():
-            res = measure(cmd, out)
+            res = measure(cmd, dst)
             if round_:
                 samples[name].append(res)
         print(f'round {round_}/{repeats} done', flush=True)
@@ -185,7 +192,17 @@ def run(work: str, repeats: int, skip_big: bool):
                    'n': len(rs),
                    'walls': [round(r['wall'], 3) for r in rs],
                    'rss_mbs': [round(r['rss_mb'], 1) for r in rs]}
-            for name, rs in samples.items()}, inputs
+            for name, rs in samples.items()}
+
+
+def write_results(stem, table, data):
+    """``benchmarks/results/{stem}.md`` (the tables) and ``.json``."""
+    out_dir = os.path.join(ROOT, 'benchmarks', 'results')
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f'{stem}.md'), 'w') as f:
+        f.write(table + '\n')
+    with open(os.path.join(out_dir, f'{stem}.json'), 'w') as f:
+        json.dump(data, f, indent=1)
 
 
 def ratios(med, inputs):
@@ -263,19 +280,14 @@ def main(argv=None) -> int:
               f'total {time.time() - start:.0f} s.']
     table = '\n'.join(lines)
     print(table)
-    out_dir = os.path.join(ROOT, 'benchmarks', 'results')
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, 'latest.md'), 'w') as f:
-        f.write(table + '\n')
-    with open(os.path.join(out_dir, 'latest.json'), 'w') as f:
-        json.dump({'medians': med, 'input_mib': sizes,
-                   'settings': {'repeats': args.repeats, 'warm_cache': True,
-                                'dst_deleted_before_each': True,
-                                'torch': torch.__version__,
-                                'cpus': os.cpu_count(), 'ram_gib': ram_gib,
-                                'total_s': time.time() - start},
-                   'ratios': [dict(name=n, value=v, limit=lim)
-                              for n, v, lim in rows]}, f, indent=1)
+    write_results('latest', table, {
+        'medians': med, 'input_mib': sizes,
+        'settings': {'repeats': args.repeats, 'warm_cache': True,
+                     'dst_deleted_before_each': True,
+                     'torch': torch.__version__, 'cpus': os.cpu_count(),
+                     'ram_gib': ram_gib, 'total_s': time.time() - start},
+        'ratios': [dict(name=n, value=v, limit=lim)
+                   for n, v, lim in rows]})
     if not args.keep:
         for path in list(inputs.values()) + [
                 os.path.join(args.work_dir, 'converted.pth'),

@@ -35,9 +35,8 @@ baseline's; ``SelfSupPretrained`` within 1.2x of ``Pretrained``. Writes
 ``benchmarks/results/dinov2_latest.{json,md}``.
 """
 import argparse
-import json
 import os
-import statistics
+import subprocess
 import sys
 import textwrap
 import time
@@ -46,7 +45,8 @@ from typing import Dict, List, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_convert import PY, ROOT, measure, table_lines  # noqa: E402
+from bench_convert import (PY, interleaved, table_lines,  # noqa: E402
+                           write_results)
 
 #: vitl14.yaml: ViT-L/14, 518 px (37 x 37 patches + the class slot).
 DIM, DEPTH, CHUNKS, GRID, PATCH = 1024, 24, 4, 37, 14
@@ -159,7 +159,6 @@ def run(work: str, repeats: int) -> Tuple[dict, int, str]:
     converted = os.path.join(work, 'dinov2_vitl14_converted.pth')
     out = os.path.join(work, 'out.pth')
     mmconv = [PY, '-m', 'mmconv', 'convert']
-    import subprocess
     subprocess.run(mmconv + [src, converted, '--force'], check=True,
                    stdout=subprocess.DEVNULL)
     cands = {'floor': [PY, '-c', 'import torch'],
@@ -167,18 +166,7 @@ def run(work: str, repeats: int) -> Tuple[dict, int, str]:
              'mmap5': [PY, '-c', MMAP5, src, out],
              'init_selfsup': [PY, '-c', INIT, 'SelfSupPretrained', src],
              'init_pretrained': [PY, '-c', INIT, 'Pretrained', converted]}
-    samples = {name: [] for name in cands}
-    for round_ in range(repeats + 1):  # round 0 warms the page cache
-        for name, cmd in cands.items():
-            res = measure(cmd, out)
-            if round_:
-                samples[name].append(res)
-        print(f'round {round_}/{repeats} done', flush=True)
-    med = {name: {'wall': statistics.median(r['wall'] for r in rs),
-                  'rss_mb': statistics.median(r['rss_mb'] for r in rs),
-                  'walls': [round(r['wall'], 3) for r in rs],
-                  'rss_mbs': [round(r['rss_mb'], 1) for r in rs]}
-           for name, rs in samples.items()}
+    med = interleaved(cands, out, repeats)
     return med, kept, src
 
 
@@ -220,14 +208,9 @@ def main(argv=None) -> int:
               f'{time.time() - start:.0f} s.']
     table = '\n'.join(lines)
     print(table)
-    out_dir = os.path.join(ROOT, 'benchmarks', 'results')
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, 'dinov2_latest.md'), 'w') as f:
-        f.write(table + '\n')
-    with open(os.path.join(out_dir, 'dinov2_latest.json'), 'w') as f:
-        json.dump({'medians': med, 'input_mib': size, 'kept_bytes': kept,
-                   'ratios': [dict(name=n, value=v, limit=lim)
-                              for n, v, lim in rows]}, f, indent=1)
+    write_results('dinov2_latest', table, {
+        'medians': med, 'input_mib': size, 'kept_bytes': kept,
+        'ratios': [dict(name=n, value=v, limit=lim) for n, v, lim in rows]})
     if not args.keep:
         for name in (src, src + '.kept_bytes',
                      os.path.join(args.work_dir,
