@@ -3,8 +3,6 @@
 trains with `mim train mmdet` on a tiny COCO dataset from a raw checkpoint
 in the source's real layout; a two-process gloo run trains and saves."""
 import glob
-import json
-import math
 import os
 import re
 import subprocess
@@ -17,13 +15,13 @@ from mmconv import load_file
 from mmconv.cli import preset_main
 from tests.fixtures.mmpretrain_layouts import build_mmpretrain
 from tests.fixtures.official_layouts import ALL_BUILDERS, save_layout
+from tests.helpers.mim_train import (BIN, ROOT, assert_losses_finite,  # noqa
+                                     backbone_row, data_options, run_train)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'),
                                recursive=True))
 SELFSUP = sorted(glob.glob(os.path.join(ROOT, 'configs', 'selfsup_pretrain',
                                         '*.py')))
-BIN = os.path.dirname(sys.executable)
 
 
 def test_no_config_name_collides_with_mmdetection():
@@ -74,14 +72,7 @@ def tiny_coco(module_tmp_path):
 
 
 def _data_options(data):
-    ann = os.path.join(data, 'annotations', 'instances_val2017.json')
-    opts = [f'{split}_dataloader.dataset.data_root={data}/'
-            for split in ('train', 'val', 'test')]
-    opts += [f'{e}_evaluator.ann_file={ann}' for e in ('val', 'test')]
-    for split in ('train', 'val', 'test'):
-        opts += [f'{split}_dataloader.num_workers=0',
-                 f'{split}_dataloader.persistent_workers=False']
-    return opts + [
+    return data_options(data) + [
         'train_dataloader.batch_size=1', 'train_cfg.max_epochs=1',
         'train_cfg.val_begin=2', 'default_hooks.logger.interval=1',
         'default_hooks.checkpoint.interval=1', 'randomness.seed=0'
@@ -132,37 +123,17 @@ def _run_train(path, data, tmp, extra=(), launcher=None):
     opts = _data_options(data) + [
         _scale_option(cfg), f'model.backbone.init_cfg.checkpoint={ckpt}'
     ] + list(extra)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-               os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
-    if launcher is None:
-        cmd = [os.path.join(BIN, 'mim'), 'train', 'mmdet', path,
-               '--work-dir', str(work), '--cfg-options'] + opts
-    else:
-        cmd = [os.path.join(BIN, 'torchrun'), '--nproc_per_node', '2',
-               '--master_port', str(launcher),
-               os.path.join(ROOT, 'tests', 'helpers', 'cpu_dist_train.py'),
-               path, '--launcher', 'pytorch', '--work-dir', str(work),
-               '--cfg-options'] + opts
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          timeout=900)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return layout, work, output
+    return layout, work, run_train(path, work, opts, launcher)
 
 
 def _check_run(layout, work, output):
     # the load-check hook's table, logged before the first iteration
-    row = re.search(r'^backbone\s+(\d+)\s+(\d+)\s+(\S+)\s+(.+)$', output,
-                    re.M)
-    assert row, output[-3000:]
+    row = backbone_row(output)
     params, changed, from_ckpt = row.group(1), row.group(2), row.group(3)
     # every backbone parameter at iteration 0 is bit-identical to the
     # tensor of its checkpoint (the raw file, or its converted copy)
     assert from_ckpt == params and int(changed) > 0
-    scalars = glob.glob(str(work / '*' / 'vis_data' / 'scalars.json'))
-    losses = [json.loads(line)['loss'] for line in open(scalars[0])
-              if '"loss"' in line]
-    assert len(losses) >= 2 and all(math.isfinite(x) for x in losses)
+    assert_losses_finite(work)
     saved = load_file(str(work / 'epoch_1.pth'))
     # MMEngine's own loader (plain torch.load) reads it back too
     from mmengine.runner import CheckpointLoader

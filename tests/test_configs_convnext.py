@@ -3,18 +3,16 @@
 through cfg-options) and loads its raw file; (slow) trains two iterations
 with `mim train mmdet` on a tiny COCO set from the raw file, on CPU."""
 import glob
-import json
-import math
 import os
-import re
-import subprocess
 from typing import Dict, List
 
 import pytest
 import torch
 
 from tests.fixtures import convnext_layouts as L
-from tests.test_configs import BIN, ROOT, tiny_coco  # noqa: F401 (fixture)
+from tests.helpers.mim_train import (ROOT, assert_losses_finite,
+                                     backbone_row, data_options, run_train)
+from tests.test_configs import tiny_coco  # noqa: F401 (fixture)
 
 CONVNEXT_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'convnext',
                                                  '*.py')))
@@ -104,20 +102,13 @@ def test_convnext_config_is_mmdets_recipe_and_loads_raw_file(path,
 
 def _train_options(data: str, layout: L.ConvNeXtLayout,
                    src: str) -> List[str]:
-    ann = os.path.join(data, 'annotations', 'instances_val2017.json')
     opts = [f'{k}={v}'.replace(' ', '') for k, v in _small(layout).items()]
     # MMDetection's RandomChoice of resize / resize-crop-resize, small
     small = '[(128,96)]'
     aug = 'train_dataloader.dataset.pipeline.3.transforms'
     opts += [f'{aug}.0.0.scales={small}', f'{aug}.1.0.scales={small}',
              f'{aug}.1.1.crop_size=(64,64)', f'{aug}.1.2.scales={small}']
-    opts += [f'{split}_dataloader.dataset.data_root={data}/'
-             for split in ('train', 'val', 'test')]
-    opts += [f'{e}_evaluator.ann_file={ann}' for e in ('val', 'test')]
-    for split in ('train', 'val', 'test'):
-        opts += [f'{split}_dataloader.num_workers=0',
-                 f'{split}_dataloader.persistent_workers=False']
-    return opts + [
+    return opts + data_options(data) + [
         'optim_wrapper.type=OptimWrapper',  # AmpOptimWrapper needs a GPU
         'train_dataloader.batch_size=1', 'train_cfg.max_epochs=1',
         'train_cfg.val_begin=2', 'default_hooks.logger.interval=1',
@@ -137,25 +128,12 @@ def test_mim_train_convnext(path, tiny_coco, tmp_path):  # noqa: F811
     src = str(tmp_path / layout.filename)
     torch.save(layout.checkpoint, src)
     work = tmp_path / 'work'
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-               os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
-    cmd = [os.path.join(BIN, 'mim'), 'train', 'mmdet', path, '--work-dir',
-           str(work), '--cfg-options'] + _train_options(tiny_coco, layout,
-                                                        src)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          timeout=900)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    row = re.search(r'^backbone\s+(\d+)\s+(\d+)\s+(\S+)\s+(.+)$', output,
-                    re.M)
-    assert row, output[-3000:]
+    output = run_train(path, work, _train_options(tiny_coco, layout, src))
+    row = backbone_row(output)
     params, from_file = int(row.group(1)), int(row.group(3))
     assert params == len(layout.expected) + len(layout.left_at_init)
     assert from_file == len(layout.expected), row.group(0)
-    scalars = glob.glob(str(work / '*' / 'vis_data' / 'scalars.json'))
-    losses = [json.loads(line)['loss'] for line in open(scalars[0])
-              if '"loss"' in line]
-    assert len(losses) >= 2 and all(math.isfinite(x) for x in losses)
+    assert_losses_finite(work)
     saved = torch.load(str(work / 'epoch_1.pth'), map_location='cpu',
                        weights_only=False)
     backbone = {k[len('backbone.'):] for k in saved['state_dict']

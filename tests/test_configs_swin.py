@@ -4,18 +4,16 @@ cfg-options), its init loads the raw file, and (slow) it trains two
 iterations with `mim train mmdet` on a tiny COCO set from a raw checkpoint
 in the source's official layout."""
 import glob
-import json
-import math
 import os
 import re
-import subprocess
 
 import pytest
 import torch
 
 from tests.fixtures import swin_layouts as L
-from tests.test_configs import (BIN, ROOT, _scale_option,  # noqa: F401
-                                tiny_coco)
+from tests.helpers.mim_train import (ROOT, assert_losses_finite,
+                                     backbone_row, data_options, run_train)
+from tests.test_configs import _scale_option, tiny_coco  # noqa: F401
 
 SWIN_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'swin',
                                              '*.py')))
@@ -110,16 +108,9 @@ def test_swin_config_parses_and_builds(path, tmp_path):
 def _train_options(data: str, layout: L.SwinLayout, src: str,
                    path: str) -> list:
     from mmengine.config import Config
-    ann = os.path.join(data, 'annotations', 'instances_val2017.json')
     small = _small(layout, src)
     opts = [f'{k}={v}'.replace(' ', '') for k, v in small.items()]
-    opts += [f'{split}_dataloader.dataset.data_root={data}/'
-             for split in ('train', 'val', 'test')]
-    opts += [f'{e}_evaluator.ann_file={ann}' for e in ('val', 'test')]
-    for split in ('train', 'val', 'test'):
-        opts += [f'{split}_dataloader.num_workers=0',
-                 f'{split}_dataloader.persistent_workers=False']
-    return opts + [
+    return opts + data_options(data) + [
         _scale_option(Config.fromfile(path)),
         'train_dataloader.batch_size=1', 'train_cfg.max_epochs=1',
         'train_cfg.val_begin=2', 'default_hooks.logger.interval=1',
@@ -138,25 +129,13 @@ def test_mim_train_swin(path, tiny_coco, tmp_path):  # noqa: F811
     src = str(tmp_path / layout.filename)
     L.save_with_yacs(layout.checkpoint, src)
     work = tmp_path / 'work'
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-               os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
-    cmd = [os.path.join(BIN, 'mim'), 'train', 'mmdet', path, '--work-dir',
-           str(work), '--cfg-options'] + _train_options(tiny_coco, layout,
-                                                        src, path)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          timeout=900)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
+    output = run_train(path, work, _train_options(tiny_coco, layout, src,
+                                                  path))
     assert f'SelfSupPretrained: {src}: {layout.name} (detected' in output
-    row = re.search(r'^backbone\s+(\d+)\s+(\d+)\s+(\S+)\s+(.+)$', output,
-                    re.M)
-    assert row, output[-3000:]
+    row = backbone_row(output)
     # every parameter but the fresh norm0..norm2 (weight, bias)
     assert int(row.group(3)) == int(row.group(1)) - 6, row.group(0)
-    scalars = glob.glob(str(work / '*' / 'vis_data' / 'scalars.json'))
-    losses = [json.loads(line)['loss'] for line in open(scalars[0])
-              if '"loss"' in line]
-    assert len(losses) >= 2 and all(math.isfinite(x) for x in losses)
+    assert_losses_finite(work)
     saved = torch.load(str(work / 'epoch_1.pth'), map_location='cpu',
                        weights_only=False)
     backbone = {k[len('backbone.'):] for k in saved['state_dict']

@@ -3,17 +3,15 @@
 cfg-options), and (slow) trains two iterations with `mim train mmdet` on a
 tiny COCO set from a raw checkpoint in the source's official layout."""
 import glob
-import json
-import math
 import os
-import re
-import subprocess
 
 import pytest
 import torch
 
 from tests.fixtures import vit_layouts as L
-from tests.test_configs import BIN, ROOT, tiny_coco  # noqa: F401 (fixture)
+from tests.helpers.mim_train import (ROOT, assert_losses_finite,
+                                     backbone_row, data_options, run_train)
+from tests.test_configs import tiny_coco  # noqa: F401 (fixture)
 
 VIT_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'vitdet',
                                             '*.py')))
@@ -110,14 +108,11 @@ def test_vit_config_parses_and_builds(path, tmp_path):
 
 
 def _train_options(data: str, layout: L.ViTLayout, src: str) -> list:
-    ann = os.path.join(data, 'annotations', 'instances_val2017.json')
     opts = [f'{k}={v}'.replace(' ', '') for k, v in _tiny_vit(layout).items()]
-    opts += [
+    # the LSJ recipe wraps the training set in a RepeatDataset
+    opts += data_options(data, roots=('val', 'test')) + [
         f'train_dataloader.dataset.dataset.data_root={data}/',
         'train_dataloader.dataset.times=1',
-        f'val_dataloader.dataset.data_root={data}/',
-        f'test_dataloader.dataset.data_root={data}/',
-        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
         'train_dataloader.dataset.dataset.pipeline.2.scale=(128,128)',
         'train_dataloader.dataset.dataset.pipeline.3.crop_size=(128,128)',
         'model.data_preprocessor.batch_augments.0.size=(128,128)',
@@ -126,9 +121,6 @@ def _train_options(data: str, layout: L.ViTLayout, src: str) -> list:
         'default_hooks.checkpoint.interval=1', 'randomness.seed=0',
         f'model.backbone.init_cfg.checkpoint={src}',
     ]
-    for split in ('train', 'val', 'test'):
-        opts += [f'{split}_dataloader.num_workers=0',
-                 f'{split}_dataloader.persistent_workers=False']
     return opts
 
 
@@ -141,37 +133,18 @@ def _run_vit_train(path: str, data: str, tmp, launcher: int = None,
     src = str(tmp / layout.filename)
     torch.save(layout.checkpoint, src)
     work = tmp / 'work'
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
-               os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
     opts = _train_options(data, layout, src) + list(extra)
-    if launcher is None:
-        cmd = [os.path.join(BIN, 'mim'), 'train', 'mmdet', path]
-    else:
-        cmd = [os.path.join(BIN, 'torchrun'), '--nproc_per_node', '2',
-               '--master_port', str(launcher),
-               os.path.join(ROOT, 'tests', 'helpers', 'cpu_dist_train.py'),
-               path, '--launcher', 'pytorch']
-    cmd += ['--work-dir', str(work), '--cfg-options'] + opts
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          timeout=900)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return layout, work, output
+    return layout, work, run_train(path, work, opts, launcher)
 
 
 def _check_vit_run(layout: L.ViTLayout, work, output: str) -> None:
     """Finite losses, a saved checkpoint, and every pre-trained backbone
     tensor at iteration 0 from the raw file (the hook's table)."""
-    row = re.search(r'^backbone\s+(\d+)\s+(\d+)\s+(\S+)\s+(.+)$', output,
-                    re.M)
-    assert row, output[-3000:]
+    row = backbone_row(output)
     depth = layout.vitdet['depth']
     # every parameter but the (zero-initialised) relative position tables
     assert int(row.group(3)) == int(row.group(1)) - 2 * depth, row.group(0)
-    scalars = glob.glob(str(work / '*' / 'vis_data' / 'scalars.json'))
-    losses = [json.loads(line)['loss'] for line in open(scalars[0])
-              if '"loss"' in line]
-    assert len(losses) >= 2 and all(math.isfinite(x) for x in losses)
+    assert_losses_finite(work)
     last = sorted(glob.glob(str(work / 'epoch_*.pth')))[-1]
     saved = torch.load(last, map_location='cpu', weights_only=False)
     backbone = {k[len('backbone.'):] for k in saved['state_dict']
