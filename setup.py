@@ -17,9 +17,13 @@ def requirements(name: str) -> list:
             if line.strip() and not line.startswith('#')]
 
 
-# Ranges, not pins: installing mmconv into an existing MMDetection
-# environment (torch 2.0/2.1 with a prebuilt mmcv) must upgrade nothing.
-# torch < 2.6 is read through mmconv's own restricted reader (mmconv.io).
+# Ranges, not pins, and no MMEngine: installing mmconv into an existing
+# MMDetection environment (torch 2.0/2.1 with a prebuilt mmcv) must change
+# nothing. MMEngine ships under two distribution names, `mmengine` (OpenMMLab)
+# and `onedl-mmengine` (the maintained fork, same `mmengine` module); a hard
+# requirement on either would install it over the other. mmconv checks the
+# module itself when imported (mmconv.stack); the extras install one.
+# torch < 2.6 is read through mmconv's own restricted reader (mmconv.torchzip).
 
 setup(
     name='mmconv',
@@ -32,8 +36,10 @@ setup(
     packages=find_packages(include=['mmconv', 'mmconv.*']),
     include_package_data=True,
     python_requires='>=3.8',
-    install_requires=['torch>=2.0', 'numpy', 'mmengine>=0.10'],
+    install_requires=['torch>=2.0', 'numpy'],
     extras_require={
+        'openmmlab': ['mmengine>=0.10'],
+        'onedl': ['onedl-mmengine>=0.10'],
         'safetensors': ['safetensors'],
         'tests': requirements('tests'),
         'reference': requirements('reference'),

@@ -17,9 +17,8 @@ own ``init_weights`` reads ``init_cfg['checkpoint']`` itself) run
 :func:`register_with_mmengine` does each at once when the module is already
 imported (``custom_imports`` in a config) and otherwise as soon as it is,
 so ``import mmconv`` and the command lines never import MMEngine or
-MMDetection just to register. Building either also adds mmconv's allowlist
-to torch's weights-only loader
-(:func:`mmconv.io.allow_safe_globals_everywhere`).
+MMDetection just to register. torch's process-wide weights-only allowlist is
+never changed: only mmconv's own loads use mmconv's allowlist.
 """
 import importlib.abc
 import importlib.util
@@ -33,16 +32,12 @@ __all__ = ['SelfSupPretrained', 'PretrainedLoadCheckHook',
 def SelfSupPretrained(**kwargs):  # noqa: N802 (registry type name)
     """Build :class:`mmconv.init.SelfSupPretrainedInit` (see its docs)."""
     from .init import SelfSupPretrainedInit
-    from .io import allow_safe_globals_everywhere
-    allow_safe_globals_everywhere()
     return SelfSupPretrainedInit(**kwargs)
 
 
 def PretrainedLoadCheckHook(**kwargs):  # noqa: N802 (registry type name)
     """Build :class:`mmconv.hooks.PretrainedLoadCheckHook` (see its docs)."""
     from .hooks import PretrainedLoadCheckHook as Hook
-    from .io import allow_safe_globals_everywhere
-    allow_safe_globals_everywhere()
     return Hook(**kwargs)
 
 
@@ -61,12 +56,12 @@ SAFE_SCHEMES = ('', 'http://', 'https://', 'torchvision://', 'modelzoo://',
 
 
 def load_from_mmconv(filename, map_location=None):
-    """MMEngine ``CheckpointLoader`` loader: :func:`mmconv.io.load_source`
+    """MMEngine ``CheckpointLoader`` loader: :func:`mmconv.fetching.load_source`
     (weights-only with mmconv's allowlist, ``.safetensors`` as
     ``{'state_dict', 'meta'}``, URLs downloaded once, then read the same
     way). Tensors are returned on the CPU; MMEngine copies them to the
     model's device when it loads them."""
-    from .io import load_source
+    from .fetching import load_source
     return load_source(str(filename))
 
 
@@ -96,7 +91,7 @@ def _defer_self_loading(module_name: str):
     (:func:`mmconv.init.defer_to_initializer`)."""
     def action() -> None:
         from .init import defer_to_initializer
-        from .spec import FAMILIES
+        from .pipeline import FAMILIES
         module = sys.modules[module_name]
         for family in FAMILIES.values():
             for spec in family.self_loading:
@@ -108,7 +103,7 @@ def _defer_self_loading(module_name: str):
 
 def _add_self_loading() -> None:
     """Add the ``Family.self_loading`` modules to :data:`_WHEN_IMPORTED`."""
-    from .spec import FAMILIES
+    from .pipeline import FAMILIES
     for family in FAMILIES.values():
         for spec in family.self_loading:
             name = spec.partition(':')[0]
@@ -146,6 +141,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 def register_with_mmengine() -> None:
     """Register now where the registries are loaded, else on import."""
+    from .stack import check_mmengine
+    check_mmengine()  # an MMEngine older than 0.10: ImportError, one line
     _add_self_loading()
     for name, action in _WHEN_IMPORTED.items():
         if name in sys.modules:

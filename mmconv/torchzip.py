@@ -15,11 +15,16 @@ compare the two. It never calls ``torch.load``:
   ``find_class`` resolves exact ``(module, name)`` pairs only: torch's tensor
   rebuild functions (replaced by validating equivalents here), the storage
   classes and dtypes, ``torch.Size``, ``collections.OrderedDict`` and the
-  allowlist of :mod:`mmconv.io` (numpy arrays/scalars,
+  allowlist of :mod:`mmconv.allowlist` (numpy arrays/scalars,
   ``argparse.Namespace``, MMEngine's ``HistoryBuffer``); anything else is
   refused as ``Unsupported global: GLOBAL module.name``, like torch does;
 * every tensor is checked to lie inside its own record (a crafted file can
-  neither run code nor read past its storage).
+  neither run code nor read past its storage);
+* before any of this, :func:`check_torch_zip` (which ``torch.load`` gets in
+  front of it too) checks the zip directory and each storage's record, and
+  :mod:`mmconv.picklescan` scans ``data.pkl`` for what an unpickler does
+  not bound (nesting, shared references, declared sizes, BUILD on shared
+  objects).
 
 The legacy (pre-1.6, non-zip) format is not read here.
 """
@@ -29,12 +34,24 @@ import os
 import pickle
 import struct
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-__all__ = ['load_torch_zip', 'StorageRecord']
+from .picklescan import (MAX_BROADCAST, PickleRefused, PickleRejected,
+                         Scan, ScanRules, scan_pickle)
+
+__all__ = ['load_torch_zip', 'check_torch_zip', 'StorageRecord',
+           'MAX_DATA_PKL', 'MAX_RECORDS']
+
+#: Bytes of ``data.pkl`` (real checkpoints: kilobytes to a few megabytes).
+MAX_DATA_PKL = 1 << 30
+#: Records of one zip (one per storage, and a few more).
+MAX_RECORDS = 1 << 20
+#: Bytes of the other small records (``byteorder``, ``version``, ...).
+_MAX_SMALL_RECORD = 1 << 16
+_MAX_INDEX = 1 << 62
 
 #: ``torch.<Name>Storage`` (legacy typed storages, how torch.save names a
 #: storage's type) -> dtype.
@@ -95,6 +112,8 @@ def _rebuild(storage: Any, offset: Any, size: Any, stride: Any,
     size, stride = tuple(size), tuple(stride)
     if dtype is not None and dtype != storage.dtype:
         raise pickle.UnpicklingError('tensor dtype differs from its storage')
+    if any(v >= _MAX_INDEX for v in (offset, *size, *stride)):
+        raise pickle.UnpicklingError('malformed tensor record')
     extent = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
     if any(n == 0 for n in size):
         extent = 0
@@ -102,6 +121,12 @@ def _rebuild(storage: Any, offset: Any, size: Any, stride: Any,
         raise pickle.UnpicklingError(
             f'tensor record reaches element {extent} of a storage of '
             f'{storage.numel}')
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel > max(storage.numel, MAX_BROADCAST):
+        raise pickle.UnpicklingError(
+            f'tensor of {numel} elements views a storage of {storage.numel}')
     tensor = torch.empty((0, ), dtype=storage.dtype)
     return tensor.set_(storage.data, offset, size, stride)
 
@@ -126,9 +151,13 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride,
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None,
                        state=None) -> torch.Tensor:
     """Stands in for ``torch._utils._rebuild_parameter[_with_state]``:
-    the weights of a parameter, as a plain tensor."""
+    the weights of a parameter, as a plain tensor (a state that would set
+    attributes on it is refused)."""
     if not isinstance(data, torch.Tensor):
         raise pickle.UnpicklingError('malformed parameter record')
+    if state and (not isinstance(state, tuple) or any(state)):
+        raise PickleRefused('it sets attributes on a Parameter (its '
+                            'pickled state)')
     return data
 
 
@@ -140,31 +169,201 @@ _TORCH_GLOBALS: Dict[Tuple[str, str], Any] = {
     ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
     ('torch', 'Size'): torch.Size,
     ('collections', 'OrderedDict'): OrderedDict,
+    # on torch's own weights-only allowlist; found in training ``args``
+    ('collections', 'Counter'): Counter,
+    ('torch', 'device'): torch.device,
 }
 
 
-def _records(path: str, mapped: torch.UntypedStorage
-             ) -> Tuple[str, Dict[str, Any]]:
-    """``(archive prefix, {record name: storage slice})`` of a torch zip."""
-    out = {}
-    with zipfile.ZipFile(path) as zf, open(path, 'rb') as f:
+def _zip_directory(path: str) -> Tuple[str, Dict[str, Tuple[int, int]]]:
+    """``(archive prefix, {record name: (data offset, size)})`` of a torch
+    zip whose directory is consistent, as both torch's reader (miniz) and
+    this one would read it: every record stored (not compressed), its local
+    header naming it with the central directory's name and sizes, records
+    inside the file before the central directory and not overlapping,
+    names unique (also ignoring case, as miniz looks them up), all in one
+    folder holding exactly one ``data.pkl``."""
+    size = os.path.getsize(path)
+    spans, out, seen = [], {}, set()
+    with open(path, 'rb') as f:
+        end = zipfile._EndRecData(f)  # what the directory declares
+        if end is not None and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_RECORDS:
+            raise ValueError(f'zip of {end[zipfile._ECD_ENTRIES_TOTAL]} '
+                             f'records (limit {MAX_RECORDS})')
+    with open(path, 'rb') as f, zipfile.ZipFile(f) as zf:
+        if end is None or zf.start_dir != end[zipfile._ECD_OFFSET] or \
+                len(zf.infolist()) != end[zipfile._ECD_ENTRIES_TOTAL]:
+            raise ValueError('zip central directory is inconsistent')
         for info in zf.infolist():
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise ValueError(f'record {info.filename} is compressed: '
-                                 'not written by torch.save')
-            f.seek(info.header_offset)
-            header = f.read(30)
-            if len(header) != 30 or header[:4] != b'PK\x03\x04':
-                raise ValueError('bad zip local header')
-            name_len, extra_len = struct.unpack('<HH', header[26:30])
-            start = info.header_offset + 30 + name_len + extra_len
-            if start + info.file_size > mapped.nbytes():
-                raise ValueError(f'record {info.filename} is truncated')
-            out[info.filename] = mapped[start:start + info.file_size]
-    pickles = [n for n in out if n.endswith('/data.pkl') or n == 'data.pkl']
+            name = info.orig_filename
+            if name.lower() in seen:
+                raise ValueError(f'zip record {name[:60]} appears twice')
+            seen.add(name.lower())
+            if info.compress_type != zipfile.ZIP_STORED or \
+                    info.compress_size != info.file_size:
+                raise ValueError(f'record {name[:60]} is compressed: not '
+                                 'written by torch.save')
+            if info.flag_bits & 0x41:
+                raise ValueError(f'record {name[:60]} is encrypted')
+            start, stop = _local_record(f, info, size)
+            spans.append((info.header_offset, stop, name))
+            out[name] = (start, info.file_size)
+        spans.sort()
+        for (_, stop, a), (begin, _, b) in zip(spans, spans[1:]):
+            if begin < stop:
+                raise ValueError(f'zip records {a[:40]} and {b[:40]} '
+                                 'overlap')
+        if spans and spans[-1][1] > zf.start_dir:
+            raise ValueError('zip record runs into the central directory')
+    pickles = [n for n in out if n.rsplit('/', 1)[-1] == 'data.pkl']
     if len(pickles) != 1:
-        raise ValueError('no data.pkl record: not a torch.save file')
-    return pickles[0][:-len('data.pkl')], out
+        raise ValueError('not a torch.save file: no single data.pkl record')
+    prefix = pickles[0][:-len('data.pkl')]
+    if prefix.count('/') != 1 or not prefix[:-1] or \
+            not all(n.startswith(prefix) for n in out):
+        raise ValueError('not a torch.save file: its records are not in '
+                         'one folder')
+    for name, (_, length) in out.items():
+        limit = MAX_DATA_PKL if name == pickles[0] else (
+            None if name.startswith(f'{prefix}data/') else _MAX_SMALL_RECORD)
+        if limit is not None and length > limit:
+            raise ValueError(f'record {name[:60]} of {length} bytes (limit '
+                             f'{limit})')
+    return prefix, out
+
+
+def _local_record(f: Any, info: zipfile.ZipInfo, size: int
+                  ) -> Tuple[int, int]:
+    """``(data offset, end of the record)`` of one zip entry, after
+    checking its local header (and data descriptor) against the central
+    directory."""
+    name = info.orig_filename
+    f.seek(info.header_offset)
+    header = f.read(30)
+    if len(header) != 30 or header[:4] != b'PK\x03\x04':
+        raise ValueError(f'zip directory points {name[:60]} at no local '
+                         'header (truncated?)')
+    (flags, method, crc, csize, usize, name_len,
+     extra_len) = struct.unpack('<2xHH4xIIIHH', header[4:30])
+    raw_name = f.read(name_len)
+    extra = f.read(extra_len)
+    encoding = 'utf-8' if info.flag_bits & 0x800 else 'cp437'
+    if raw_name != name.encode(encoding, 'replace') or method != 0 or \
+            (flags & 0x8) != (info.flag_bits & 0x8):
+        raise ValueError(f'zip local header of {name[:60]} disagrees with '
+                         'the central directory')
+    start = info.header_offset + 30 + name_len + extra_len
+    stop = start + info.file_size
+    if stop > size:
+        raise ValueError(f'record {name[:60]} is truncated')
+    if flags & 0x8:  # sizes in a data descriptor after the data
+        f.seek(stop)
+        desc = f.read(24)
+        if desc[:4] == b'PK\x07\x08':
+            desc = desc[4:]
+            stop += 4
+        small = struct.unpack('<III', desc[:12]) if len(desc) >= 12 \
+            else None
+        large = struct.unpack('<IQQ', desc[:20]) if len(desc) >= 20 \
+            else None
+        want = (info.CRC, info.file_size, info.file_size)
+        if small == want:
+            stop += 12
+        elif large == want:
+            stop += 20
+        else:
+            raise ValueError(f'zip data descriptor of {name[:60]} '
+                             'disagrees with the central directory')
+        return start, stop
+    if (csize, usize) == (0xFFFFFFFF, 0xFFFFFFFF):  # zip64 extra field
+        csize = usize = None
+        while len(extra) >= 4:
+            tag, length = struct.unpack('<HH', extra[:4])
+            if tag == 1 and length >= 16:
+                usize, csize = struct.unpack('<QQ', extra[4:20])
+            extra = extra[4 + length:]
+    if (crc, csize, usize) != (info.CRC, info.file_size, info.file_size):
+        raise ValueError(f'zip local header of {name[:60]} disagrees with '
+                         'the central directory')
+    return start, stop
+
+
+def _resolver(allowed: Callable[[str, str], Any]
+              ) -> Callable[[str, str], Any]:
+    """``resolve(module, name)`` as :class:`_Unpickler` resolves globals,
+    or None where it refuses them."""
+    unpickler = _Unpickler(io.BytesIO(b''), {}, '', allowed)
+
+    def resolve(module: str, name: str) -> Any:
+        try:
+            return unpickler.find_class(module, name)
+        except (pickle.UnpicklingError, ImportError, AttributeError):
+            return None
+    return resolve
+
+
+def _storage_itemsize(obj: Any) -> Optional[int]:
+    """Bytes per element of a pickled storage type (``torch.FloatStorage``
+    resolves to a :class:`_StorageType`)."""
+    if not isinstance(obj, _StorageType):
+        return None
+    if obj.dtype not in _ITEMSIZES:
+        _ITEMSIZES[obj.dtype] = _itemsize(obj.dtype)
+    return _ITEMSIZES[obj.dtype]
+
+
+_ITEMSIZES: Dict[torch.dtype, int] = {}
+
+
+def scan_rules(allowed: Callable[[str, str], Any],
+               pid_arity: int = 5) -> ScanRules:
+    """What :mod:`mmconv.picklescan` admits in a torch file's pickle: the
+    globals this reader resolves, torch's storage persistent ids."""
+    return ScanRules(_resolver(allowed), pid_arity, _storage_itemsize)
+
+
+def check_torch_zip(path: str, allowed: Callable[[str, str], Any]
+                    ) -> Tuple[str, Dict[str, Tuple[int, int]], Scan]:
+    """Check a torch zip before any unpickler reads it (this reader, or
+    ``torch.load``, which is more permissive): a consistent zip directory
+    (:func:`_zip_directory`), a ``data.pkl`` :func:`~mmconv.picklescan.
+    scan_pickle` admits, and every storage it names in a record of exactly
+    ``numel`` x element size bytes.
+
+    Returns:
+        ``(archive prefix, {record name: (data offset, size)}, what the
+        scan of data.pkl found)``.
+
+    Raises:
+        ValueError / zipfile.BadZipFile: Inconsistent or corrupt zip
+            (:class:`~mmconv.picklescan.PickleRejected` for the pickle).
+        PickleRefused / pickle.UnpicklingError: What the scan refuses.
+    """
+    prefix, table = _zip_directory(path)
+    start, length = table[f'{prefix}data.pkl']
+    with open(path, 'rb') as f:
+        f.seek(start)
+        pkl = f.read(length)
+    scan = scan_pickle(pkl, scan_rules(allowed))
+    for key, ref in scan.storages.items():
+        record = table.get(f'{prefix}data/{key}')
+        nbytes = ref.numel * ref.itemsize
+        if record is None:
+            raise PickleRejected(f'storage {key[:20]} has no record')
+        if record[1] != nbytes:
+            raise PickleRejected(
+                f'storage {key[:20]} declares {ref.numel} x {ref.itemsize} '
+                f'bytes ({ref.type_name}), its record holds {record[1]}')
+    return prefix, table, scan
+
+
+def _records(path: str, mapped: torch.UntypedStorage,
+             table: Dict[str, Tuple[int, int]]) -> Dict[str, Any]:
+    """``{record name: storage slice}`` of a checked torch zip."""
+    if mapped.nbytes() != os.path.getsize(path):
+        raise ValueError('file changed while reading it')
+    return {name: mapped[start:start + length]
+            for name, (start, length) in table.items()}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -197,18 +396,18 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> StorageRecord:
         """``('storage', type, key, location, numel)`` -> the record."""
-        if not (isinstance(pid, tuple) and len(pid) == 5
+        if not (type(pid) is tuple and len(pid) == 5
                 and pid[0] == 'storage' and isinstance(pid[1], _StorageType)
-                and isinstance(pid[2], str) and isinstance(pid[4], int)):
-            raise pickle.UnpicklingError(f'unsupported persistent id {pid!r}')
+                and type(pid[2]) is str and type(pid[4]) is int
+                and pid[4] >= 0):
+            raise pickle.UnpicklingError('unsupported persistent id')
         _, kind, key, _, numel = pid
         if key not in self._storages:
             data = self._records.get(f'{self._prefix}data/{key}')
             nbytes = numel * _itemsize(kind.dtype)
-            if data is None or data.nbytes() < nbytes:
-                raise pickle.UnpicklingError(f'storage {key} is missing or '
-                                             'truncated')
-            data = data[:nbytes] if data.nbytes() > nbytes else data
+            if data is None or data.nbytes() != nbytes:
+                raise pickle.UnpicklingError(f'storage {key[:20]} is missing '
+                                             'or truncated')
             if data.data_ptr() % _itemsize(kind.dtype):
                 data = data.clone()  # not 64-byte aligned (not torch.save's)
             self._storages[key] = StorageRecord(kind.dtype, data)
@@ -236,12 +435,17 @@ def load_torch_zip(path: str, allowed: Callable[[str, str], Any]) -> Any:
     Raises:
         pickle.UnpicklingError: A refused global (``Unsupported global:
             GLOBAL module.name``) or a malformed record.
-        ValueError / zipfile.BadZipFile: Not a readable torch zip.
+        ValueError / zipfile.BadZipFile: Not a readable torch zip (a
+            :class:`~mmconv.picklescan.PickleRejected` for what the pre-scan
+            of ``data.pkl`` rejects).
+        PickleRefused: ``data.pkl`` would change shared objects.
     """
+    path = os.fspath(path)
+    prefix, table, _ = check_torch_zip(path, allowed)
     # shared=False: a private (copy-on-write) mapping, as torch.load's mmap
-    mapped = torch.UntypedStorage.from_file(os.fspath(path), False,
+    mapped = torch.UntypedStorage.from_file(path, False,
                                             os.path.getsize(path))
-    prefix, records = _records(path, mapped)
+    records = _records(path, mapped, table)
     order = records.get(f'{prefix}byteorder')
     if order is not None and _bytes(order) not in (b'little', ):
         raise ValueError('big-endian torch file: not supported')

@@ -14,7 +14,7 @@ import torch
 from mmconv import (InputError, OutputError, UnsafeCheckpointError,
                     load_file, save_file)
 from mmconv.cli import preset_main
-from mmconv.io import TORCH_WEIGHTS_ONLY_IS_SAFE
+from mmconv.reading import TORCH_WEIGHTS_ONLY_IS_SAFE
 
 
 class _Payload:
@@ -185,7 +185,7 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
     """ENOSPC mid-write: exit 6 'no space', old DST intact, no temp file."""
     import errno
 
-    import mmconv.io as mio
+    import mmconv.writing as mio
     src = tmp_path / 'src.pth'
     torch.save(_backbone(), src)
     dst = tmp_path / 'dst.pth'
@@ -208,30 +208,38 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
                                                           'src.pth']
 
 
-#: torch's own loader refuses what is not allowlisted only from torch 2.6 on
-NEEDS_SAFE_TORCH = pytest.mark.skipif(
-    not TORCH_WEIGHTS_ONLY_IS_SAFE,
-    reason='plain torch.load is weights-only (default) from torch 2.6')
-
-
-@NEEDS_SAFE_TORCH
-def test_mmengine_checkpoints_load_with_plain_torch_load(tmp_path):
+def test_mmengine_checkpoints_load_through_mmengine(tmp_path):
     """After `import mmconv`, MMEngine's own checkpoints (HistoryBuffer in
-    message_hub) load with torch's default weights_only=True, as MMEngine's
-    load_checkpoint/resume/`mim test` call it; code still never runs."""
+    message_hub) load through MMEngine's CheckpointLoader, which `load_from`,
+    `resume` and `mim test` use and mmconv points at its safe reader; torch's
+    own weights-only loader is left as it is (it refuses them, as without
+    mmconv); code still never runs."""
     from mmengine.logging import HistoryBuffer, MessageHub
+    from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
     hub = MessageHub.get_instance('mmconv-test')
     hub.update_scalar('train/loss', 1.25)
+    model = torch.nn.Conv2d(3, 4, 3)
     p = tmp_path / 'epoch_1.pth'
-    torch.save({'meta': {'epoch': 1}, 'state_dict': _backbone(),
+    torch.save({'meta': {'epoch': 1}, 'state_dict': model.state_dict(),
                 'message_hub': hub.state_dict()}, p)
-    got = torch.load(p)  # weights_only=True is torch's default
+    got = _load_checkpoint(str(p), map_location='cpu')  # resume, load_from
     assert isinstance(got['message_hub']['log_scalars']['train/loss'],
                       HistoryBuffer)
+    resumed = MessageHub.get_instance('mmconv-test-resumed')
+    resumed.load_state_dict(got['message_hub'])
+    assert resumed.get_scalar('train/loss').current() == 1.25
+    other = torch.nn.Conv2d(3, 4, 3)
+    load_checkpoint(other, str(p), map_location='cpu')  # `mim test`
+    assert torch.equal(other.weight, model.weight)
     marker = tmp_path / 'PWNED'
     torch.save({'x': _Payload(marker)}, tmp_path / 'evil.pth')
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(tmp_path / 'evil.pth')
+    with pytest.raises(UnsafeCheckpointError):
+        _load_checkpoint(str(tmp_path / 'evil.pth'), map_location='cpu')
+    if TORCH_WEIGHTS_ONLY_IS_SAFE:  # torch's default weights_only=True
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(p)  # HistoryBuffer: not widened by mmconv
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(tmp_path / 'evil.pth')
     assert not marker.exists()
 
 
@@ -246,7 +254,7 @@ def test_getattr_is_not_a_general_escape(tmp_path):
     with pytest.raises((UnsafeCheckpointError, InputError)):
         load_file(str(p))
     if TORCH_WEIGHTS_ONLY_IS_SAFE:  # torch's own loader refuses it too
-        with pytest.raises(Exception):
+        with pytest.raises(pickle.UnpicklingError):
             torch.load(p)
 
 
@@ -261,12 +269,22 @@ def test_history_buffer_loads_in_a_fresh_process(tmp_path):
     p = tmp_path / 'epoch_1.pth'
     torch.save({'state_dict': _backbone(), 'message_hub': hub.state_dict()},
                p)
-    code = ('import sys, torch, mmconv; d = mmconv.load_file(sys.argv[1]); '
-            "torch.load(sys.argv[1]); print(d['message_hub']['log_scalars']"
-            "['loss'].current())")
+    code = ('import sys, torch, mmconv\n'
+            'from mmengine.runner.checkpoint import _load_checkpoint\n'
+            'd = mmconv.load_file(sys.argv[1])\n'
+            'e = _load_checkpoint(sys.argv[1], map_location="cpu")\n'
+            'try:\n'
+            '    torch.load(sys.argv[1], weights_only=True)\n'
+            '    plain = "loaded"\n'
+            'except Exception:\n'
+            '    plain = "refused"\n'
+            "print(d['message_hub']['log_scalars']['loss'].current(), "
+            "e['message_hub']['log_scalars']['loss'].current(), plain)")
     out = subprocess.run([sys.executable, '-c', code, str(p)], check=True,
                          capture_output=True, text=True).stdout
-    assert out.strip() == '2.0'
+    # torch's own weights-only loader refuses HistoryBuffer, with or without
+    # mmconv (before torch 2.4 it admits no extra globals at all)
+    assert out.splitlines()[-1].split() == ['2.0', '2.0', 'refused']
 
 
 def test_vicreg_function_reference_loads(tmp_path):

@@ -2,7 +2,7 @@
 # The older-torch environment `.venv-torch21`: torch 2.1 (what MMDetection
 # 3.3 users with prebuilt mmcv ops run), torchvision, mmengine and the test
 # tools; no mmcv/mmdet (nothing to build). mmconv is installed with plain
-# `pip install .` to prove it upgrades nothing there.
+# `pip install .` to prove it changes nothing there (install_unchanged.sh).
 #
 #   bash tools/env/setup_torch21.sh     # idempotent
 set -euo pipefail
@@ -25,12 +25,4 @@ if [[ ! -f "$VENV/.mmconv-stack" || "$(cat "$VENV/.mmconv-stack")" != "$STAMP_VE
     || fail "installing ${PINS[*]} ${TESTS[*]}"
   echo "$STAMP_VERSION" > "$VENV/.mmconv-stack"
 fi
-before="$("$VENV/bin/python" -m pip freeze | grep -Ei '^(torch|torchvision|numpy|mmengine)==' | sort)"
-step "pip install $ROOT (must leave torch, numpy and mmengine as they are)"
-"$VENV/bin/python" -m pip install -q "$ROOT" || fail "pip install $ROOT"
-after="$("$VENV/bin/python" -m pip freeze | grep -Ei '^(torch|torchvision|numpy|mmengine)==' | sort)"
-[[ "$before" == "$after" ]] || fail "pip install . changed the environment:
-$before
-->
-$after"
-echo "$after"
+bash "$ROOT/tools/env/install_unchanged.sh" "$VENV" "setup torch21"
