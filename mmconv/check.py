@@ -12,6 +12,7 @@ initialisation fails the check.
 """
 from typing import Optional, Sequence
 
+from .errors import CheckFailedError, MMConvError
 from .provenance import (Provenance, compare, fingerprints,
                          record_fingerprints)
 
@@ -43,9 +44,8 @@ def _apply(model, path: str) -> None:
     through the safe loader."""
     from mmengine.runner.checkpoint import load_state_dict
 
-    from .containers import unwrap
-    from .io import load_source
-    sd = unwrap(load_source(path)).state_dict
+    from .pipeline import load_unwrapped
+    sd = load_unwrapped(path).state_dict
     sd = {k[len('module.'):] if k.startswith('module.') else k: v
           for k, v in sd.items()}
     load_state_dict(model, sd, strict=False)
@@ -64,7 +64,6 @@ def check_config(config: str, checkpoint: Optional[str] = None,
     Returns:
         Provenance: Per-module rows and the problems found.
     """
-    from .errors import CheckFailedError, MMConvError
     from .provenance import pretrained_configs
     model, cfg = _build_model(config, cfg_options)
     record_fingerprints()

@@ -3,16 +3,16 @@
 scripts.
 
 ``mmconv convert|inspect|formats`` and every preset share one argument set
-built from the registry (:mod:`mmconv.formats`) and one pipeline
-(:mod:`mmconv.pipeline`); a preset only sets the description, the default
-``--to`` and the choices it offers, and an alias of ``--from``
-(``--selfsup`` for MMDetection's ``selfsup2mmdet.py``). Options that do not
-apply to a checkpoint are refused by the pipeline, the same way for every
-face (exit 2, one line). Exit codes: :mod:`mmconv.errors`.
+built from the registry (:mod:`mmconv.formats`, read through the pipeline)
+and one pipeline (:mod:`mmconv.pipeline`); a preset only sets the
+description, the default ``--to`` and the choices it offers, and an alias
+of ``--from`` (``--selfsup`` for MMDetection's ``selfsup2mmdet.py``).
+Options that do not apply to a checkpoint are refused by the pipeline, the
+same way for every face (exit 2, one line). Exit codes: :mod:`mmconv.errors`.
 
-Only argparse and the registry are imported at start-up, so ``--help``
-costs little more than starting Python; torch is imported when a command
-runs.
+Only argparse, the registry and the pipeline (which imports no torch) are
+imported at start-up, so ``--help`` costs little more than starting Python;
+torch is imported when a command runs.
 """
 import argparse
 import json
@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-from .errors import MMConvError, OutputError, UsageError
-from .formats import FAMILIES, FORMATS, TARGETS
+from .errors import CheckFailedError, MMConvError, OutputError, UsageError
+from .pipeline import FAMILIES, FORMATS, TARGETS
 from .version import __version__
 
 __all__ = ['main', 'PRESETS', 'Preset', 'preset_main', 'build_parser']
@@ -261,11 +261,17 @@ def _inspect(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     """``check``: initialise a config's model, report where weights are
     from; fail (exit 7) on a pretrained module left random."""
+    from .stack import require_mmengine
+    require_mmengine('mmconv check')
     from .check import check_config, parse_cfg_options
-    from .errors import CheckFailedError
     from .provenance import format_table
-    result = check_config(args.config, args.checkpoint,
-                          parse_cfg_options(args.cfg_options or []))
+    import contextlib
+    # --json: stdout is the JSON only (MMEngine's logger, created on first
+    # use, writes to what sys.stdout is then)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else \
+            contextlib.nullcontext():
+        result = check_config(args.config, args.checkpoint,
+                              parse_cfg_options(args.cfg_options or []))
     if args.json:
         print(json.dumps(dict(config=args.config, rows=result.rows,
                               problems=result.problems,

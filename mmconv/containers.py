@@ -30,8 +30,8 @@ ConvNeXt       ``checkpoint['model']`` (default) or ``checkpoint['model_ema']``
 =============  ==============================================================
 
 Besides :data:`CONTAINER_KEYS`, every entry a registered format declares in
-``containers`` is searched (:mod:`mmconv.formats`), so a new format's
-container needs no change here.
+``containers`` is searched (the registry, :data:`mmconv.spec.FORMATS`), so a
+new format's container needs no change here.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from .errors import ConversionError, InputError
+from .spec import FORMATS
 
 __all__ = ['unwrap', 'Unwrapped', 'CONTAINER_KEYS', 'is_state_dict',
            'take_prefix', 'container_keys']
@@ -78,7 +79,6 @@ class Unwrapped:
 def container_keys() -> Tuple[str, ...]:
     """:data:`CONTAINER_KEYS` then the other registered formats' containers
     (``teacher``/``student`` are chosen by ``select``, not searched)."""
-    from .formats import FORMATS
     keys = list(CONTAINER_KEYS)
     for fmt in FORMATS.values():
         keys += [k for k in fmt.containers

@@ -6,14 +6,15 @@ one key; among the matching formats the one with the most sentinels wins
 (a more specific declaration beats a more general one: ``torchvision``'s
 ``fc.weight`` + ``conv1.weight`` beats ``mmdet``'s ``conv1.weight``). Two
 formats matching with the same rank are an error that lists both, never a
-silent choice by declaration order.
+silent choice by declaration order. The formats are read from the registry
+(:data:`mmconv.spec.FORMATS`), filled by :mod:`mmconv.pipeline`.
 """
 import re
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence, Tuple, Union
 
 from .errors import AmbiguousFormatError, UnknownFormatError
-from .formats import FORMATS
+from .spec import FORMATS
 
 __all__ = ['Detection', 'detect_format', 'candidates']
 
@@ -23,7 +24,7 @@ class Detection:
     """The outcome of format detection.
 
     Attributes:
-        name (str): Format name (a key of :data:`mmconv.formats.FORMATS`).
+        name (str): Format name (a key of :data:`mmconv.spec.FORMATS`).
         reason (str): Which sentinel keys matched.
         rank (int): Number of sentinels matched.
     """

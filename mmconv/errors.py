@@ -19,8 +19,11 @@ exit code   meaning
 5           conversion problem: unknown or ambiguous layout, wrong
             ``--from``/``--selfsup``/``method=``, empty result, key
             collision, tensors outside a whole-detector layout
-6           output problem: destination exists (use ``--force``), is the
-            source, is unwritable, or the disk is full
+6           output problem: destination exists or appeared while
+            converting (use ``--force``), is the source, a directory or not
+            a regular file (even with ``--force``), its name is too long,
+            its directory is missing, unwritable or read-only, or the disk
+            is full
 7           ``mmconv check``: a module configured to load pretrained
             weights still holds its random initialisation
 ==========  ===============================================================

@@ -24,8 +24,9 @@ from mmengine.model.weight_init import PretrainedInit, update_init_info
 from torch import nn
 
 from .containers import take_prefix, unwrap
+from .convert import refit
 from .errors import ConversionError, MMConvError
-from .io import load_source
+from .fetching import load_source
 from .pipeline import Conversion, Request, convert_state_dict
 from .provenance import RECORD_ATTR, fingerprint, fingerprints_recorded
 
@@ -213,9 +214,13 @@ class SelfSupPretrainedInit(PretrainedInit):
             if self.method != 'auto':
                 raise
             conv = None
-        if conv is not None and conv.family.fit is not None:
-            conv.family.fit(conv, {k: tuple(v.shape)
-                                   for k, v in target.items()})
+        if conv is not None and conv.family.fit:
+            start = len(conv.changed)
+            count = refit(conv.state_dict, conv.family.fit, conv.changed,
+                          {k: tuple(v.shape) for k, v in target.items()})
+            if count:
+                conv.notes.append(f'{count} tensors fitted to the module: '
+                                  f'{conv.changed[start].what}')
         own = unwrapped.state_dict
 
         def fit(sd: Dict[str, torch.Tensor]) -> int:

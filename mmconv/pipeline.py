@@ -2,136 +2,44 @@
 """The one conversion pipeline every face uses.
 
 load once -> unwrap -> detect -> rename (format table, then its second
-table) -> surgery (format, family, target) -> invariants -> one
-:class:`Conversion` -> one output builder -> one atomic writer.
+table, then the tensors it derives) -> surgery (format, family) -> target
+table (the family's rules for the target, then the target's) -> target
+surgery -> invariants -> one :class:`Conversion` -> one output builder ->
+one atomic writer.
 
 The command line, ``SelfSupPretrained``, the load-check hook and
 ``inspect`` all call this module; nothing here knows a particular format:
-the declarations are in :mod:`mmconv.formats`.
+the declarations are in :mod:`mmconv.formats`, and this is the one module
+that imports them, which fills the registry (``FORMATS``, ``FAMILIES``,
+``TARGETS``, re-exported here for the faces). Importing it imports no
+torch: the engine modules that do are imported by the first conversion.
 
 >>> conv = convert_checkpoint(load_source(path))          # doctest: +SKIP
 >>> conv.state_dict, print(conv.summary())                # doctest: +SKIP
 """
 import os
-from dataclasses import dataclass, field, replace
-from typing import (Any, Callable, Dict, List, Mapping, Optional, Tuple,
-                    Union)
+from dataclasses import dataclass, replace
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping,
+                    Optional, Tuple, Union)
 
-import torch
-
-from .containers import Unwrapped, take_prefix, unwrap
-from .convert import apply_rules, chain_rules
+from . import formats  # noqa: F401 (fills the registry: every format)
 from .detect import Detection, detect_format
 from .errors import ConversionError, UnknownFormatError, UsageError
-from .formats import (FAMILIES, OPTIONS, Family, SourceFormat, Target,
-                      get_format, get_target)
-from .io import check_destination, load_source, save_file
 from .report import ConversionReport
+from .spec import (FAMILIES, FORMATS, OPTIONS, TARGETS, Conversion, Family,
+                   Request, SourceFormat, Target, TensorChange, get_format,
+                   get_target)
 from .version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .containers import Unwrapped
 
 __all__ = ['Request', 'Conversion', 'Written', 'convert_checkpoint',
            'convert_state_dict', 'build_output', 'convert_file',
-           'load_and_convert']
-
-
-@dataclass(frozen=True)
-class Request:
-    """What the caller asked for.
-
-    Attributes:
-        format (str): Source format name or ``'auto'``.
-        target (str, optional): Output layout; None: the family's default.
-        select (str, optional): ``'teacher'``/``'student'`` network, or
-            ``'ema'`` (``model_ema`` of ConvNeXt training checkpoints).
-        prefix (str, optional): Convert only keys under this prefix.
-        style (str): ResNet style, ``'auto'``/``'caffe'``/``'pytorch'``.
-        keep_fc (bool): Keep an ImageNet classifier (detectron2/torchvision).
-        keep_classes (bool): Do not remap DETR classifier rows.
-        window_size (int, optional): Window of the target (Swin): relative
-            position tables are resized to it.
-        families (tuple[str]): Consider only these families' formats in
-            auto-detection (a converter script's scope); empty: all.
-    """
-
-    format: str = 'auto'
-    target: Optional[str] = None
-    select: Optional[str] = None
-    prefix: Optional[str] = None
-    style: str = 'auto'
-    keep_fc: bool = False
-    keep_classes: bool = False
-    window_size: Optional[int] = None
-    families: Tuple[str, ...] = ()
-
-    def given(self) -> List[str]:
-        """Names (keys of :data:`~mmconv.formats.OPTIONS`) of the options
-        set to something other than their default."""
-        defaults = Request()
-        return [name for name in OPTIONS
-                if getattr(self, name) != getattr(defaults, name)]
-
-
-@dataclass
-class Conversion:
-    """A converted checkpoint: the one result type of every family.
-
-    Attributes:
-        state_dict (dict): Output tensors in the target's names (source
-            tensor objects unless surgery changed them).
-        report (ConversionReport): Every source key's fate.
-        format (SourceFormat): Source format.
-        family (Family): Its family.
-        target (Target): Output layout.
-        request (Request): What was asked.
-        entries (Mapping): Top-level entries of the loaded checkpoint
-            (``__author__``, recorded ``meta`` ...).
-        source (dict): The unwrapped source state dict.
-        meta (dict): Plain-typed facts the family adds to the output meta.
-        lines (list[str]): Extra summary lines (``'style:    caffe ...'``).
-        changed (list[tuple]): ``(key, shape before, shape after, what)`` of
-            every tensor whose values surgery changed.
-        notes (list[str]): What the user must know about the result.
-        hints (callable, optional): ``hints(dst) -> str``: the config
-            changes to use the output.
-    """
-
-    state_dict: Dict[str, torch.Tensor]
-    report: ConversionReport
-    format: SourceFormat
-    family: Family
-    target: Target
-    request: Request
-    entries: Mapping[str, Any] = field(default_factory=dict)
-    source: Dict[str, torch.Tensor] = field(default_factory=dict)
-    meta: Dict[str, Any] = field(default_factory=dict)
-    lines: List[str] = field(default_factory=list)
-    changed: List[Tuple[str, Tuple[int, ...], Tuple[int, ...], str]] = \
-        field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-    hints: Optional[Callable[[str], str]] = None
-
-    def summary(self) -> str:
-        """The report's summary plus what the family and surgery added."""
-        lines = [self.report.summary()] + self.lines
-        lines += [f'changed:  {k} {list(b)} -> {list(a)}: {w}'
-                  for k, b, a, w in self.changed]
-        lines += [f'note:     {n}' for n in self.notes]
-        return '\n'.join(lines)
-
-    def config_hints(self, dst: str = 'DST') -> str:
-        """The config changes needed to use the output (may be empty)."""
-        return self.hints(dst) if self.hints else ''
-
-    def to_meta(self) -> Dict[str, Any]:
-        """Plain-typed provenance for the output's ``meta`` entry."""
-        meta = self.report.to_meta()
-        meta.update(self.meta)
-        if self.changed:
-            meta['changed'] = [f'{k} {list(b)} -> {list(a)}: {w}'
-                               for k, b, a, w in self.changed]
-        if self.notes:
-            meta['notes'] = list(self.notes)
-        return meta
+           'load_and_convert', 'load_unwrapped', 'FAMILIES', 'FORMATS',
+           'TARGETS']
 
 
 def _check_options(request: Request, family: Family, target: Target) -> None:
@@ -185,7 +93,7 @@ def _as_request(request: Union[str, Request], options: Dict[str, Any]
     return Request(format=request, **options)
 
 
-def convert_state_dict(unwrapped: Union[Unwrapped, Mapping[str, Any]],
+def convert_state_dict(unwrapped: Union['Unwrapped', Mapping[str, Any]],
                        request: Union[str, Request] = 'auto',
                        entries: Optional[Mapping[str, Any]] = None,
                        **options: Any) -> Conversion:
@@ -207,6 +115,8 @@ def convert_state_dict(unwrapped: Union[Unwrapped, Mapping[str, Any]],
         ConversionError: The given format does not fit (the message names
             the detected one), empty result, collision, strict layout.
     """
+    from .containers import Unwrapped
+    from .convert import apply_rules, chain_rules, derive, refit
     request = _as_request(request, options)
     if not isinstance(unwrapped, Unwrapped):
         unwrapped = Unwrapped(dict(unwrapped))
@@ -220,9 +130,11 @@ def convert_state_dict(unwrapped: Union[Unwrapped, Mapping[str, Any]],
                               where=unwrapped.where,
                               ignored_entries=list(unwrapped.ignored))
     try:
-        out = apply_rules(sd, fmt.rules, report, fmt.name)
+        changes: List[TensorChange] = []
+        engine = dict(options=request, changes=changes, source=sd)
+        out = apply_rules(sd, fmt.rules, report, fmt.name, **engine)
         if fmt.then:
-            out = chain_rules(out, fmt.then, report, fmt.name)
+            out = chain_rules(out, fmt.then, report, fmt.name, **engine)
         outside = [r.old for r in report.dropped
                    if r.reason.startswith('outside the ')]
         if fmt.strict and outside:
@@ -240,13 +152,21 @@ def convert_state_dict(unwrapped: Union[Unwrapped, Mapping[str, Any]],
         if how != 'given':
             raise
         raise type(err)(f'{err}; {_hint(keys, fmt, request)}') from None
+    derived = derive(out, fmt.derive, **engine) if fmt.derive else []
     conv = Conversion(out, report, fmt, family, target, request,
-                      entries=entries or {}, source=sd)
+                      entries=entries or {}, source=sd, changed=changes,
+                      derived=derived)
+    for fit in family.fit_options:  # options asking for other shapes
+        value = getattr(request, fit.option)
+        if value is not None:
+            refit(conv.state_dict, fit.rules, conv.changed,
+                  fit.shapes(conv.state_dict, value))
     for step in fmt.surgery + family.finish:
         step(conv, request)
-    if target.rules:
-        conv.state_dict = chain_rules(conv.state_dict, target.rules, report,
-                                      target.name)
+    to_target = family.rules_to(target.name) + target.rules
+    if to_target:
+        conv.state_dict = chain_rules(conv.state_dict, to_target, report,
+                                      target.name, **engine)
     for step in target.surgery:
         step(conv, request)
     return conv
@@ -258,7 +178,7 @@ def convert_checkpoint(checkpoint: Any,
     """Unwrap, detect (``format='auto'``) and convert a loaded checkpoint.
 
     Args:
-        checkpoint: What :func:`mmconv.io.load_source` returned.
+        checkpoint: What :func:`mmconv.fetching.load_source` returned.
         request (str | Request): Format name, ``'auto'`` or a full request.
         **options: :class:`Request` fields (``select``, ``prefix``,
             ``target`` ...).
@@ -271,6 +191,7 @@ def convert_checkpoint(checkpoint: Any,
         >>> conv = convert_checkpoint(ckpt, target='detectron2',
         ...                           style='caffe')        # doctest: +SKIP
     """
+    from .containers import take_prefix, unwrap
     request = _as_request(request, options)
     unwrapped = unwrap(checkpoint, request.select)
     if request.prefix:
@@ -293,7 +214,7 @@ def _check_prefix_applies(keys: List[str], request: Request) -> None:
                          f'{family.title} checkpoints: drop it')
 
 
-def _distinct(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _distinct(sd: Dict[str, 'torch.Tensor']) -> Dict[str, 'torch.Tensor']:
     """Own copies for tensors shared under several names (safetensors
     refuses shared storage)."""
     seen, out = set(), {}
@@ -357,8 +278,17 @@ def load_and_convert(src: str, request: Union[str, Request] = 'auto', *,
                      warn: Optional[Callable[[str], None]] = None,
                      **options: Any) -> Conversion:
     """Load ``src`` (path or URL) safely, once, and convert it."""
+    from .fetching import load_source
     return convert_checkpoint(load_source(src, unsafe=unsafe, warn=warn),
                               request, **options)
+
+
+def load_unwrapped(src: str) -> 'Unwrapped':
+    """Load ``src`` (path or URL) safely and find its state dict (every
+    registered format's containers are searched)."""
+    from .containers import unwrap
+    from .fetching import load_source
+    return unwrap(load_source(src))
 
 
 def convert_file(src: str, dst: str, request: Union[str, Request] = 'auto',
@@ -386,6 +316,7 @@ def convert_file(src: str, dst: str, request: Union[str, Request] = 'auto',
     Returns:
         Written: Conversion, final path and sha256.
     """
+    from .writing import check_destination, save_file
     request = _as_request(request, options)
     _check_output(dst, get_target(request.target) if request.target
                   else None, out_format)

@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .errors import MMConvError
+
 __all__ = ['RECORD_ATTR', 'PRETRAINED_TYPES', 'fingerprint',
            'record_fingerprints', 'fingerprints_recorded',
            'fingerprints', 'pretrained_configs', 'Provenance',
@@ -81,11 +83,9 @@ def _file_prints(path: str, prefix: str = '',
                  warn=None) -> Dict[str, str]:
     """Fingerprints of a checkpoint file's tensors (read safely), keyed as
     the module under ``prefix`` names them."""
-    from .containers import unwrap
-    from .errors import MMConvError
-    from .io import load_source
+    from .pipeline import load_unwrapped
     try:
-        sd = unwrap(load_source(str(path))).state_dict
+        sd = load_unwrapped(str(path)).state_dict
     except MMConvError as err:  # reported in the table, not fatal here
         if warn:
             warn(f'cannot read {path}: {err}')

@@ -366,7 +366,7 @@ if mode in ('torch', 'mmconv'):
 elif mode in ('layer-pkl', 'layer-torch'):  # the stand-ins on their own
     import pickle
     from mmconv import allowlist, reading
-    allowlist._admit_lazy('mmengine.logging.history_buffer.HistoryBuffer')
+    allowlist.admit_lazy('mmengine.logging.history_buffer.HistoryBuffer')
     for path in paths:
         try:
             if mode == 'layer-pkl':

@@ -115,8 +115,8 @@ def test_rules_are_anchored():
     assert rename_key('module.encoder_q.conv1.weight', 'moco')[0] == \
         'conv1.weight'
     for fmt in FORMATS.values():
-        for pattern, _, _ in fmt.rules:
-            assert pattern.startswith('^'), (fmt.name, pattern)
+        for rule in fmt.rules:  # Rule, or a plain 3-tuple
+            assert rule[0].startswith('^'), (fmt.name, rule[0])
 
 
 @pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])

@@ -21,7 +21,8 @@ from torch import nn
 
 from mmconv.cli import preset_main
 from mmconv.formats.detectron2 import FROZEN_BN_EPS
-from mmconv.io import PICKLE_ALLOWLIST, load_file
+from mmconv.allowlist import PICKLE_ALLOWLIST
+from mmconv.reading import load_file
 from mmconv.pipeline import convert_checkpoint, convert_file
 from tests.fixtures.detectron2_layouts import (STAGES, msra_r50_blobs,
                                                script_mapping)
@@ -358,6 +359,34 @@ def test_caffe2_msra_to_mmdet_caffe_style(tmp_path, capsys):
         assert torch.allclose(ours[i], affine[i], rtol=1e-4,
                               atol=1e-4 * ref[i].abs().max().item())
     assert not torch.allclose(wrong[1], ref[1])
+
+
+def test_frozen_bn_statistics_are_derived_not_source_records():
+    """Only norm layers without statistics get them (0 / 1-eps, one tensor
+    each), counted per layer; they are outputs, not source records, and
+    come out under detectron2 names with ``--to detectron2``."""
+    blobs, _ = msra_r50_blobs()
+    n = blobs['res2_0_branch2a_bn_s'].shape[0]
+    blobs['res2_0_branch2a_bn_rm'] = np.full(n, 0.25, np.float32)
+    blobs['res2_0_branch2a_bn_riv'] = np.full(n, 4.0, np.float32)
+    src = {k: torch.as_tensor(v) for k, v in blobs.items()}
+    conv = convert_checkpoint(src)
+    assert conv.format.name == 'caffe2' and conv.meta['frozen_bn_filled'] == 52
+    sd = conv.state_dict
+    assert torch.equal(sd['layer1.0.bn1.running_mean'], torch.full((n, ), 0.25))
+    assert torch.equal(sd['layer1.0.bn1.running_var'], torch.full((n, ), 4.0))
+    assert torch.equal(sd['layer1.0.bn2.running_var'],
+                       torch.ones(n) - FROZEN_BN_EPS)
+    assert sd['bn1.running_mean'] is not sd['bn1.running_var']
+    assert len(conv.derived) == 2 * 52
+    assert 'FrozenBN: 52 norm layers had scale/bias only' in conv.summary()
+    records = conv.report.kept + conv.report.dropped + conv.report.aliases
+    assert sorted(r.old for r in records) == sorted(src)
+    assert not any(r.new in conv.derived for r in conv.report.kept)
+    d2 = convert_checkpoint(src, target='detectron2').state_dict
+    assert torch.equal(d2['res3.1.conv3.norm.running_var'],
+                       torch.ones_like(d2['res3.1.conv3.norm.weight']) -
+                       FROZEN_BN_EPS)
 
 
 def test_detectron2_model_zoo_and_bare_files(tmp_path, capsys,

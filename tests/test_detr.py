@@ -9,6 +9,7 @@ needs ``bias=True``). Outputs of the official models on seeded weights are in
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -22,8 +23,9 @@ from mmconv.cli import preset_main
 from mmconv.detect import detect_format
 from mmconv.errors import ConversionError, UnknownFormatError
 from mmconv.formats import FORMATS, format_names
-from mmconv.formats.detr import (COCO_CATEGORY_IDS, keep_objectness_rows,
-                                 remap_coco_classes)
+from mmconv.formats.detr import (COCO_CATEGORY_IDS, PROPOSAL_OBJECTNESS,
+                                 coco_classes, detr_variant)
+from mmconv.ops import apply
 from mmconv.pipeline import convert_checkpoint
 
 #: tools/model_converters/detr_family2mmdet.py
@@ -193,15 +195,15 @@ def test_class_remapping():
     """COCO id rows -> 80 contiguous classes (+ no-object last for DETR)."""
     assert len(COCO_CATEGORY_IDS) == 80 and max(COCO_CATEGORY_IDS) == 90
     w = torch.arange(92.)[:, None].expand(92, 3)
-    out = remap_coco_classes(w, no_object=True)
+    out = apply(coco_classes(True, 'DETR'), w)
     assert out.shape == (81, 3)
     assert out[:80, 0].tolist() == list(map(float, COCO_CATEGORY_IDS))
     assert out[80, 0] == 91
-    assert remap_coco_classes(torch.arange(91.), False).tolist() == list(
-        map(float, COCO_CATEGORY_IDS))
-    assert keep_objectness_rows(torch.arange(91.))[0] == 0
+    assert apply(coco_classes(False, 'sigmoid'), torch.arange(91.)).tolist(
+    ) == list(map(float, COCO_CATEGORY_IDS))
+    assert apply(PROPOSAL_OBJECTNESS, torch.arange(91.))[0] == 0
     with pytest.raises(ConversionError):
-        remap_coco_classes(torch.zeros(21, 3), no_object=True)
+        apply(coco_classes(True, 'DETR'), torch.zeros(21, 3))
 
 
 def test_keep_classes_and_unknown_layout(tmp_path):
@@ -351,6 +353,109 @@ def test_outputs_match_the_official_model(name, converted):
         torch.testing.assert_close(logits.softmax(-1),
                                    kept / kept.sum(-1, keepdim=True),
                                    rtol=1e-3, atol=1e-6)
+
+
+def _two_stage_with_decoder_layers(layers):
+    """The two-stage Deformable DETR checkpoint cut to ``layers`` (< 6)
+    decoder layers: branches 0..layers-1, the proposal one last."""
+    ckpt = synthesize_checkpoint(
+        load_manifest('deformable_detr_refine_twostage_r50'))
+    model = {}
+    for key, value in ckpt['model'].items():
+        m = re.match(r'^(transformer\.decoder\.layers\.|(?:transformer\.'
+                     r'decoder\.)?(?:class|bbox)_embed\.)(\d+)\.(.*)$', key)
+        if m is None:
+            model[key] = value
+            continue
+        index = int(m.group(2))
+        if index < layers:
+            model[key] = value
+        elif index == 6 and 'layers.' not in m.group(1):  # the proposal one
+            model[f'{m.group(1)}{layers}.{m.group(3)}'] = value
+    ckpt['model'] = model
+    return ckpt
+
+
+def test_two_stage_proposal_classifier_keeps_its_rows():
+    """Two-stage Deformable DETR: branch 6 (the proposal classifier, row 0
+    = objectness) keeps rows 0..79 by position, the decoder branches go
+    to the 80 classes; in a file that is not two-stage a branch 6 is a
+    decoder layer's and is remapped; a two-stage file with another
+    decoder depth is refused unless the rows are kept."""
+    ids = torch.tensor(COCO_CATEGORY_IDS)
+    ckpt = synthesize_checkpoint(
+        load_manifest('deformable_detr_refine_twostage_r50'))
+    model = ckpt['model']
+    conv = convert_checkpoint(ckpt)
+    sd = conv.state_dict
+    for p in ('weight', 'bias'):
+        assert torch.equal(sd[f'bbox_head.cls_branches.6.{p}'],
+                           model[f'class_embed.6.{p}'][:80])
+        for i in range(6):
+            assert torch.equal(sd[f'bbox_head.cls_branches.{i}.{p}'],
+                               model[f'class_embed.{i}.{p}'][ids])
+    assert sum('keep_objectness_rows' in c.what for c in conv.changed) == 2
+    # a refine (not two-stage) file with a 7th decoder layer
+    ckpt = synthesize_checkpoint(load_manifest('deformable_detr_refine_r50'))
+    model = ckpt['model']
+    for key in list(model):
+        m = re.match(r'^(transformer\.decoder\.layers\.|class_embed\.|'
+                     r'bbox_embed\.)5\.(.*)$', key)
+        if m:
+            model[f'{m.group(1)}6.{m.group(2)}'] = model[key].clone()
+    for key in [k for k in model if k.startswith('bbox_embed.6.')]:
+        model['transformer.decoder.' + key] = model[key]
+    sd = convert_checkpoint(ckpt).state_dict
+    assert torch.equal(sd['bbox_head.cls_branches.6.weight'],
+                       model['class_embed.6.weight'][ids])
+    # two-stage with 5 decoder layers: the proposal classifier is branch 5
+    ckpt = _two_stage_with_decoder_layers(5)
+    with pytest.raises(ConversionError, match='5 decoder layers'):
+        convert_checkpoint(ckpt)
+    kept = convert_checkpoint(ckpt, keep_classes=True).state_dict
+    assert torch.equal(kept['bbox_head.cls_branches.5.weight'],
+                       ckpt['model']['class_embed.5.weight'])
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_the_config_each_format_implies(name):
+    """The config the report names (from the format's facts) is the one
+    each case is built from; other backbones and variants are named."""
+    ckpt = synthesize_checkpoint(load_manifest(name))
+    conv = convert_checkpoint(ckpt)
+    config = CASES[name][1]
+    assert conv.meta['mmdet_config'].rsplit('/', 1)[-1] == \
+        config.rsplit('/', 1)[-1]
+    facts = FORMATS[CASES[name][0]].facts
+    r101 = synthesize_checkpoint(load_manifest('detr_r101'))['model']
+    other = detr_variant(facts, [
+        k for k in r101 if k.startswith('backbone.0.body.')] + [
+        k for k in ckpt['model'] if not k.startswith('backbone.0.body.')])
+    assert other['depth'] == 101
+    assert (other['config'] == 'mmdet::detr/detr_r101_8xb2-500e_coco.py'
+            if CASES[name][0] == 'detr' else
+            other['config'].endswith(' (with backbone depth=101)'))
+
+
+def test_non_coco_classifier_exit_code(tmp_path, capsys):
+    """A classifier with other rows than the COCO ids: exit 5, one line
+    naming --keep-classes; with --keep-classes the rows are kept."""
+    ckpt = synthesize_checkpoint(load_manifest('detr_r50'))
+    for p in ('weight', 'bias'):
+        ckpt['model'][f'class_embed.{p}'] = \
+            ckpt['model'][f'class_embed.{p}'][:21].clone()
+    src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
+    torch.save(ckpt, src)
+    assert main([str(src), str(dst)]) == 5
+    err = capsys.readouterr().err.strip()
+    assert err.endswith('classifier has 21 rows, not the 92 of an official '
+                        'COCO model (ids 0..90 + no-object); use '
+                        '--keep-classes for models trained on other '
+                        'datasets')
+    assert len(err.splitlines()) == 1 and not dst.exists()
+    assert main([str(src), str(dst), '--keep-classes']) == 0
+    assert load_file(str(dst))['state_dict'][
+        'bbox_head.fc_cls.weight'].shape[0] == 21
 
 
 def test_detr_formats_are_one_family_of_the_registry():

@@ -25,7 +25,8 @@ from mmconv.cli import main as mmconv_main
 from mmconv.cli import preset_main
 from mmconv.detect import candidates
 from mmconv.errors import ConversionError
-from mmconv.formats.detr import COCO_CATEGORY_IDS, remap_label_embedding
+from mmconv.formats.detr import COCO_CATEGORY_IDS, DINO_LABEL_EMBEDDING
+from mmconv.ops import apply
 from mmconv.pipeline import convert_checkpoint
 from tests.fixtures.detr_checkpoints import (CASES, build_detector,
                                              load_manifest,
@@ -172,10 +173,11 @@ def test_dino_classes_and_label_embedding():
 def test_remap_label_embedding():
     """92 label_enc rows (ids 0..90 + the row DINO never indexes) -> the
     rows of the 80 used ids; any other row count is refused."""
-    rows = remap_label_embedding(torch.arange(92.)[:, None].expand(92, 3))
+    rows = apply(DINO_LABEL_EMBEDDING,
+                 torch.arange(92.)[:, None].expand(92, 3))
     assert rows[:, 0].tolist() == list(map(float, COCO_CATEGORY_IDS))
     with pytest.raises(ConversionError, match='--keep-classes'):
-        remap_label_embedding(torch.zeros(91, 3))
+        apply(DINO_LABEL_EMBEDDING, torch.zeros(91, 3))
 
 
 def test_dino_other_decoder_depth_is_refused():

@@ -168,9 +168,9 @@ def test_unfold_order_is_mmdetections_reorder():
     """The permutation equals the measured nn.Unfold order and MMDetection's
     own swin_converter on the same weights."""
     from mmdet.models.backbones.swin import swin_converter
-    from mmconv.formats.swin import unfold_order
+    from mmconv.formats.swin import PATCH_MERGING
     for channels in (16, 128):
-        assert torch.equal(unfold_order(channels),
+        assert torch.equal(PATCH_MERGING.order(channels),
                            L.unfold_permutation(channels))
     layout = L.build_official()
     ours = convert_checkpoint(layout.checkpoint).state_dict
@@ -359,7 +359,8 @@ def test_incomplete_swin_is_refused():
 def test_training_config_reads_with_both_safe_readers(tmp_path):
     """The yacs CfgNode of a training checkpoint reads as nested dicts,
     by torch's weights-only loader and by mmconv's own torch-zip reader."""
-    from mmconv.io import allowed_global, load_source
+    from mmconv.allowlist import allowed_global
+    from mmconv.fetching import load_source
     from mmconv.torchzip import load_torch_zip
     src = _save(L.build_official('training'), tmp_path)
     for loaded in (load_source(src), load_torch_zip(src, allowed_global)):

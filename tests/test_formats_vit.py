@@ -4,6 +4,7 @@ auto-detected, converted bit for bit, loaded strictly into a ViTDet built
 from the shipped config, and computes the same patch features as an
 independent implementation (timm, or mmpretrain's own modules); wrong
 files, methods and sizes fail with one clear error."""
+import math
 import os
 from typing import Dict
 
@@ -190,6 +191,38 @@ def test_reports_say_what_was_done():
     assert mae.report.where == "checkpoint['model']"
     assert {'optimizer', 'epoch', 'scaler', 'args'} <= set(
         mae.report.ignored_entries)
+
+
+def test_pos_embed_slots_are_declared_ops():
+    """The class/register slots are cut by the pos_embed rule's op: timm
+    with registers in pos_embed loses 1 + 4 slots, timm no_embed_class none
+    (a note says so); a pos_embed that fits neither, or none, is refused
+    with what is wrong."""
+    embed = convert_checkpoint(L.build_timm_layout('reg4-embed').checkpoint)
+    pos = embed.source['pos_embed']
+    assert torch.equal(embed.state_dict['pos_embed'], pos[:, 5:])
+    change, = [c for c in embed.changed if c.key == 'pos_embed']
+    grid = math.isqrt(pos.shape[1] - 5)
+    assert change.what == ('strip_prefix_slots: 5 class/register-token '
+                           f'slot(s) removed, the {grid}x{grid} patch grid '
+                           'kept')
+    reg4 = convert_checkpoint(L.build_timm_layout('reg4').checkpoint)
+    assert reg4.state_dict['pos_embed'] is reg4.source['pos_embed']
+    assert not reg4.changed
+    assert any('has no slot for the 5 class/register token(s) (timm '
+               'no_embed_class)' in n for n in reg4.notes)
+    sd = dict(L.build_timm_layout('reg4').checkpoint)
+    sd['pos_embed'] = sd['pos_embed'][:, 1:]
+    with pytest.raises(ConversionError, match='neither .* class/register '
+                       'slots is a square patch grid'):
+        convert_checkpoint(sd)
+    mae = dict(L.build_mae_training().checkpoint['model'])
+    mae['pos_embed'] = mae['pos_embed'][:, 1:]
+    with pytest.raises(ConversionError, match='minus 1 class-token slot'):
+        convert_checkpoint(mae, 'mae')
+    del mae['pos_embed']
+    with pytest.raises(ConversionError, match='no pos_embed in the MAE'):
+        convert_checkpoint(mae, 'mae')
 
 
 def test_num_heads_come_from_the_official_definitions():

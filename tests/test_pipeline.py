@@ -4,22 +4,23 @@ family, options refused the same way, Detectron1 files, --version."""
 import pytest
 import torch
 
-import mmconv.io
+import mmconv.fetching
+import mmconv.reading
 from mmconv.cli import main, preset_main
 from tests.fixtures.sources import SOURCES
 
 
 @pytest.fixture
 def count_loads(monkeypatch):
-    """Counts calls of the one file reader (``mmconv.io.load_file``)."""
+    """Counts calls of the one file reader (``mmconv.reading.load_file``, as the fetcher calls it)."""
     calls = []
-    real = mmconv.io.load_file
+    real = mmconv.reading.load_file
 
     def counting(path, **kwargs):
         calls.append(path)
         return real(path, **kwargs)
 
-    monkeypatch.setattr(mmconv.io, 'load_file', counting)
+    monkeypatch.setattr(mmconv.fetching, 'load_file', counting)
     return calls
 
 
@@ -121,14 +122,14 @@ def test_caffe2_to_detectron2(tmp_path, capsys):
     assert preset_main('d2_to_mmdet', [str(src), str(pkl), '--to',
                                        'detectron2']) == 0
     assert 'STRIDE_IN_1X1: True' in capsys.readouterr().out
-    model = mmconv.io.load_file(str(pkl))['model']
+    model = mmconv.reading.load_file(str(pkl))['model']
     assert 'stem.conv1.norm.running_var' in model
     assert 'res2.0.conv1.norm.running_mean' in model
     assert main(['convert', str(pkl), str(back)]) == 0
-    a = mmconv.io.load_file(str(back))['state_dict']
+    a = mmconv.reading.load_file(str(back))['state_dict']
     direct = tmp_path / 'direct.pth'
     assert main(['convert', str(src), str(direct)]) == 0
-    b = mmconv.io.load_file(str(direct))['state_dict']
+    b = mmconv.reading.load_file(str(direct))['state_dict']
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -27,7 +27,9 @@ A new family is one new module that calls :func:`~mmconv.spec.register`
 with its :class:`~mmconv.spec.Family` and :class:`~mmconv.spec.SourceFormat`
 declarations, imported below; nothing else changes: detection, the command
 line (``--from``, ``formats``, ``inspect``), ``SelfSupPretrained`` and the
-hook read the registry. Importing this package imports no torch.
+hook read the registry. Importing this package imports no torch; only
+:mod:`mmconv.pipeline` imports it (the engine reads the registry from
+:mod:`mmconv.spec`).
 """
 from ..spec import (FAMILIES, FORMATS, OPTIONS, TARGETS, Family, Rule,
                     SourceFormat, Surgery, Target, format_names, get_format,

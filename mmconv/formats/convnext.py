@@ -42,19 +42,26 @@ format                  layout (as the official code saves it)
                         MMDetection backbones and mmconv's own output
 ======================  =======================================================
 
-What the conversion does besides renaming (the report lists every tensor):
+What the conversion does besides renaming (the report lists every tensor),
+each an op of :mod:`mmconv.ops` declared on the rules it applies to:
 
-* :func:`densify_sparse_kernels` turns the FCMAE encoder's MinkowskiEngine
-  parameters into dense ones exactly as the official fine-tuning loader
-  does (ConvNeXt-V2 ``utils.remap_checkpoint_keys``): a conv ``kernel``
-  ``[k*k, in, out]`` becomes ``kernel.permute(2, 1, 0).reshape(out, in, k,
-  k).transpose(3, 2)``, i.e. ``weight[o, i, y, x] = kernel[x*k + y, i, o]``;
-  a depthwise ``kernel`` ``[k*k, C]`` becomes ``weight[c, 0, y, x] =
-  kernel[x*k + y, c]``; biases ``[1, C]`` become ``[C]``;
-* :func:`grn_to_vector` reshapes GRN ``gamma`` / ``beta`` (``[1, 1, 1, C]``
-  official, ``[1, C]`` FCMAE) to mmpretrain's ``[C]`` (mmpretrain#1957);
-* :func:`flatten_pointwise_convs` turns timm's ``conv_mlp`` 1x1 convs
-  ``[out, in, 1, 1]`` into mmpretrain's linear ``[out, in]``;
+* ``densify_sparse_kernels`` (:class:`~mmconv.ops.DensifySparseKernel` on
+  the FCMAE ``kernel`` rules, :class:`~mmconv.ops.ToVector` on its conv
+  biases) turns the FCMAE encoder's MinkowskiEngine parameters into dense
+  ones exactly as the official fine-tuning loader does (ConvNeXt-V2
+  ``utils.remap_checkpoint_keys``): a conv ``kernel`` ``[k*k, in, out]``
+  becomes ``kernel.permute(2, 1, 0).reshape(out, in, k, k).transpose(3,
+  2)``, i.e. ``weight[o, i, y, x] = kernel[x*k + y, i, o]``; a depthwise
+  ``kernel`` ``[k*k, C]`` becomes ``weight[c, 0, y, x] = kernel[x*k + y,
+  c]``; biases ``[1, C]`` become ``[C]``;
+* ``grn_to_vector`` (:class:`~mmconv.ops.ToVector` on every GRN rule)
+  reshapes GRN ``gamma`` / ``beta`` (``[1, 1, 1, C]`` official, ``[1, C]``
+  FCMAE) to mmpretrain's ``[C]`` (mmpretrain#1957); any other shape is
+  refused;
+* ``flatten_pointwise_convs`` (:class:`~mmconv.ops.Flatten` on the timm
+  and mmpretrain pointwise rules) turns timm's ``conv_mlp`` (and
+  mmpretrain's ``linear_pw_conv=False``) 1x1 convs ``[out, in, 1, 1]``
+  into mmpretrain's linear ``[out, in]``;
 * the official final ``norm`` (timm ``head.norm``) becomes ``norm3`` (as
   mmpretrain's ``convnext_to_mmpretrain.py`` maps it, which is the file
   MMDetection's ConvNeXt config loads); ``norm0`` - ``norm2`` have no
@@ -72,18 +79,15 @@ Official training checkpoints hold the EMA weights beside the model ones
 takes ``model_ema``.
 """
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from ..spec import Family, Rule, SourceFormat, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from ..pipeline import Conversion, Request
+from ..errors import ConversionError
+from ..ops import DensifySparseKernel, Flatten, ToVector
+from ..spec import (Conversion, Family, Request, Rule, SourceFormat,
+                    check_shapes, register)
 
 __all__ = [
     'CONVNEXT_FAMILY', 'CONVNEXT_FORMATS', 'ARCH_SETTINGS',
-    'densify_sparse_kernels', 'grn_to_vector', 'flatten_pointwise_convs',
     'convnext_architecture', 'infer_convnext'
 ]
 
@@ -104,6 +108,30 @@ ARCH_SETTINGS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
 
 _BLOCK = r'stages.\1.\2.'
 
+# --- the tensor changes the rules declare ---------------------------------
+_GRN_SHAPES = 'a GRN parameter is [C], [1, C] or [1, 1, 1, C]'
+_GRN_WHY = 'grn_to_vector: GRN {shape} -> [C] (mmpretrain GRN)'
+#: ``grn_to_vector``: GRN ``gamma`` / ``beta`` -> mmpretrain's ``[C]`` (the
+#: official dense GRN stores ``[1, 1, 1, C]``, ConvNeXt-V2
+#: ``models/utils.GRN``; the sparse one ``[1, C]``, ``MinkowskiGRN``;
+#: mmpretrain's ``GRN`` broadcasts ``[C]`` itself); values and order kept.
+GRN = (ToVector(_GRN_WHY, _GRN_SHAPES), )
+#: ``densify_sparse_kernels``: ConvNeXt-V2 ``utils.remap_checkpoint_keys``
+#: (what ``main_finetune.py`` applies to the released FCMAE files).
+SPARSE_CONV = (DensifySparseKernel(
+    'densify_sparse_kernels: MinkowskiConvolution kernel [k*k, in, out] -> '
+    '[out, in, k, k] (remap_checkpoint_keys)'), )
+SPARSE_DEPTHWISE = (DensifySparseKernel(
+    'densify_sparse_kernels: MinkowskiDepthwiseConvolution kernel [k*k, C] '
+    '-> [C, 1, k, k] (remap_checkpoint_keys)'), )
+SPARSE_BIAS = (ToVector('densify_sparse_kernels: MinkowskiEngine bias '
+                        '[1, C] -> [C]', ndim=2, leading=False), )
+#: ``flatten_pointwise_convs``: timm ``conv_mlp=True`` (mmpretrain
+#: ``linear_pw_conv=False``) 1x1 conv ``[out, in, 1, 1]`` -> the linear
+#: ``[out, in]`` of mmpretrain's ``linear_pw_conv=True`` (same values).
+POINTWISE = (Flatten('flatten_pointwise_convs: 1x1 conv [out, in, 1, 1] -> '
+                     'linear [out, in]'), )
+
 # fmt: off
 #: facebookresearch/ConvNeXt models/convnext.py and ConvNeXt-V2
 #: models/convnextv2.py (same names; v2 has grn, no gamma)
@@ -114,7 +142,7 @@ OFFICIAL_RULES: Tuple[Rule, ...] = (
     (r'^stages\.(\d+)\.(\d+)\.norm\.',            _BLOCK + 'norm.',           'block LayerNorm'),
     (r'^stages\.(\d+)\.(\d+)\.pwconv([12])\.',    _BLOCK + r'pointwise_conv\3.', 'block pointwise linear (pwconv1/2)'),
     (r'^stages\.(\d+)\.(\d+)\.gamma$',            _BLOCK + 'gamma',           'layer scale (gamma)'),
-    (r'^stages\.(\d+)\.(\d+)\.grn\.(gamma|beta)$', _BLOCK + r'grn.\3',        'GRN gamma/beta ([1, 1, 1, C] -> [C], grn_to_vector)'),
+    Rule(r'^stages\.(\d+)\.(\d+)\.grn\.(gamma|beta)$', _BLOCK + r'grn.\3',    'GRN gamma/beta ([1, 1, 1, C] -> [C], grn_to_vector)', ops=GRN),
     (r'^norm\.',                                  'norm3.',                    'final norm -> norm3 (mmpretrain convnext_to_mmpretrain.py), applied to the C5 map'),
     (r'^head\.',                                  None,                        'ImageNet classifier (head)'),
 )
@@ -125,13 +153,13 @@ _ENC = r'^encoder\.'
 FCMAE_RULES: Tuple[Rule, ...] = (
     (_ENC + r'downsample_layers\.0\.([01])\.',            r'downsample_layers.0.\1.', 'stem: dense 4x4 patch conv (0), LayerNorm (1)'),
     (_ENC + r'downsample_layers\.([1-9])\.0\.ln\.',       r'downsample_layers.\1.0.', 'downsample MinkowskiLayerNorm (.ln)'),
-    (_ENC + r'downsample_layers\.([1-9])\.1\.kernel$',    r'downsample_layers.\1.1.weight', 'downsample sparse 2x2 conv kernel [k*k, in, out] (densify_sparse_kernels)'),
-    (_ENC + r'downsample_layers\.([1-9])\.1\.bias$',      r'downsample_layers.\1.1.bias', 'downsample sparse conv bias [1, C] (densify_sparse_kernels)'),
-    (_ENC + r'stages\.(\d+)\.(\d+)\.dwconv\.kernel$',     _BLOCK + 'depthwise_conv.weight', 'sparse depthwise conv kernel [k*k, C] (densify_sparse_kernels)'),
-    (_ENC + r'stages\.(\d+)\.(\d+)\.dwconv\.bias$',       _BLOCK + 'depthwise_conv.bias', 'sparse depthwise conv bias [1, C] (densify_sparse_kernels)'),
+    Rule(_ENC + r'downsample_layers\.([1-9])\.1\.kernel$', r'downsample_layers.\1.1.weight', 'downsample sparse 2x2 conv kernel [k*k, in, out] (densify_sparse_kernels)', ops=SPARSE_CONV),
+    Rule(_ENC + r'downsample_layers\.([1-9])\.1\.bias$',   r'downsample_layers.\1.1.bias', 'downsample sparse conv bias [1, C] (densify_sparse_kernels)', ops=SPARSE_BIAS),
+    Rule(_ENC + r'stages\.(\d+)\.(\d+)\.dwconv\.kernel$',  _BLOCK + 'depthwise_conv.weight', 'sparse depthwise conv kernel [k*k, C] (densify_sparse_kernels)', ops=SPARSE_DEPTHWISE),
+    Rule(_ENC + r'stages\.(\d+)\.(\d+)\.dwconv\.bias$',    _BLOCK + 'depthwise_conv.bias', 'sparse depthwise conv bias [1, C] (densify_sparse_kernels)', ops=SPARSE_BIAS),
     (_ENC + r'stages\.(\d+)\.(\d+)\.norm\.ln\.',          _BLOCK + 'norm.',           'block MinkowskiLayerNorm (.ln)'),
     (_ENC + r'stages\.(\d+)\.(\d+)\.pwconv([12])\.linear\.', _BLOCK + r'pointwise_conv\3.', 'block MinkowskiLinear (.linear)'),
-    (_ENC + r'stages\.(\d+)\.(\d+)\.grn\.(gamma|beta)$',  _BLOCK + r'grn.\3',         'MinkowskiGRN gamma/beta ([1, C] -> [C], grn_to_vector)'),
+    Rule(_ENC + r'stages\.(\d+)\.(\d+)\.grn\.(gamma|beta)$', _BLOCK + r'grn.\3',     'MinkowskiGRN gamma/beta ([1, C] -> [C], grn_to_vector)', ops=GRN),
     (r'^mask_token$',                                     None,                        'FCMAE mask token (decoder input)'),
     (r'^proj\.',                                          None,                        'FCMAE decoder projection (proj)'),
     (r'^decoder\.',                                       None,                        'FCMAE decoder blocks'),
@@ -145,9 +173,10 @@ TIMM_RULES: Tuple[Rule, ...] = (
     (r'^stages\.([1-9])\.downsample\.([01])\.',  r'downsample_layers.\1.\2.', 'downsample layer: LayerNorm2d (0), 2x2 conv (1)'),
     (_TB + r'conv_dw\.',                        _BLOCK + 'depthwise_conv.', 'block depthwise conv (conv_dw)'),
     (_TB + r'norm\.',                           _BLOCK + 'norm.',           'block norm'),
+    Rule(_TB + r'mlp\.fc([12])\.weight$',        _BLOCK + r'pointwise_conv\3.weight', 'block MLP (fc1/fc2; conv_mlp 1x1 convs flattened)', ops=POINTWISE),
     (_TB + r'mlp\.fc([12])\.',                  _BLOCK + r'pointwise_conv\3.', 'block MLP (fc1/fc2; conv_mlp 1x1 convs flattened)'),
-    (_TB + r'mlp\.grn\.weight$',                _BLOCK + 'grn.gamma',       'GRN weight = gamma'),
-    (_TB + r'mlp\.grn\.bias$',                  _BLOCK + 'grn.beta',        'GRN bias = beta'),
+    Rule(_TB + r'mlp\.grn\.weight$',            _BLOCK + 'grn.gamma',       'GRN weight = gamma', ops=GRN),
+    Rule(_TB + r'mlp\.grn\.bias$',              _BLOCK + 'grn.beta',        'GRN bias = beta', ops=GRN),
     (_TB + r'gamma$',                           _BLOCK + 'gamma',           'layer scale (gamma)'),
     (r'^(?:head\.norm|norm_pre)\.',             'norm3.',                    'final norm (head.norm, or norm_pre with head_norm_first) -> norm3'),
     (r'^head\.(?:fc|pre_logits)\.',             None,                        'ImageNet classifier (head.fc / head.pre_logits)'),
@@ -157,6 +186,8 @@ _MMP = r'^(?:backbone\.)?'
 #: mmpretrain ConvNeXt (ImageClassifier: backbone.*, head.*)
 MMPRETRAIN_RULES: Tuple[Rule, ...] = (
     (_MMP + r'(downsample_layers\.\d+\.[01]\.)', r'\1', 'stem / downsample layers'),
+    Rule(_MMP + r'(stages\.\d+\.\d+\.pointwise_conv[12]\.weight)$', r'\1', 'ConvNeXt blocks', ops=POINTWISE),
+    Rule(_MMP + r'(stages\.\d+\.\d+\.grn\.(?:gamma|beta))$', r'\1', 'ConvNeXt blocks', ops=GRN),
     (_MMP + r'(stages\.\d+\.\d+\.)',             r'\1', 'ConvNeXt blocks'),
     (_MMP + r'(norm\d+\.)',                      r'\1', 'output norms'),
     (r'^head\.',                                 None,  'classifier head'),
@@ -164,102 +195,6 @@ MMPRETRAIN_RULES: Tuple[Rule, ...] = (
     (r'^data_preprocessor\.',                    None,  'data preprocessor buffers'),
 )
 # fmt: on
-
-
-# --- tensor surgery --------------------------------------------------------
-def _record(conv: 'Conversion', key: str, after: 'torch.Tensor',
-            what: str) -> None:
-    """Replace ``conv.state_dict[key]`` and list the change."""
-    before = conv.state_dict[key]
-    conv.state_dict[key] = after
-    conv.changed.append((key, tuple(before.shape), tuple(after.shape), what))
-
-
-def _kernel_side(volume: int, key: str) -> int:
-    """``k`` of a ``k x k`` kernel of ``volume`` offsets, or raise."""
-    from ..errors import ConversionError
-    side = int(round(volume ** 0.5))
-    if side * side != volume:
-        raise ConversionError(f'{key}: {volume} kernel offsets are not a '
-                              'square 2-d kernel: not a 2-d FCMAE encoder')
-    return side
-
-
-def densify_sparse_kernels(conv: 'Conversion', request: 'Request') -> None:
-    """FCMAE: MinkowskiEngine kernels and biases -> dense conv weights.
-
-    Exactly the reshapes of ConvNeXt-V2 ``utils.remap_checkpoint_keys``
-    (what ``main_finetune.py`` applies to the released FCMAE files): a conv
-    ``kernel`` ``[k*k, in, out]`` -> ``[out, in, k, k]`` with
-    ``weight[o, i, y, x] = kernel[x*k + y, i, o]``; a depthwise ``kernel``
-    ``[k*k, C]`` -> ``[C, 1, k, k]`` likewise; a bias ``[1, C]`` -> ``[C]``.
-    """
-    from ..errors import ConversionError
-    for old, new in conv.report.mapping.items():
-        value = conv.state_dict[new]
-        if old.endswith('.kernel'):
-            if value.dim() == 3:
-                volume, cin, cout = value.shape
-                side = _kernel_side(volume, old)
-                dense = value.permute(2, 1, 0).reshape(
-                    cout, cin, side, side).transpose(3, 2).contiguous()
-                what = ('densify_sparse_kernels: MinkowskiConvolution kernel '
-                        '[k*k, in, out] -> [out, in, k, k] (remap_checkpoint_'
-                        'keys)')
-            elif value.dim() == 2:
-                volume, dim = value.shape
-                side = _kernel_side(volume, old)
-                dense = value.permute(1, 0).reshape(
-                    dim, 1, side, side).transpose(3, 2).contiguous()
-                what = ('densify_sparse_kernels: MinkowskiDepthwise'
-                        'Convolution kernel [k*k, C] -> [C, 1, k, k] '
-                        '(remap_checkpoint_keys)')
-            else:
-                raise ConversionError(
-                    f'{old} has shape {list(value.shape)}: not a '
-                    'MinkowskiEngine kernel ([k*k, in, out] or [k*k, C])')
-            _record(conv, new, dense, what)
-        elif new.endswith('.bias') and value.dim() == 2 and \
-                value.shape[0] == 1:
-            _record(conv, new, value.reshape(-1),
-                    'densify_sparse_kernels: MinkowskiEngine bias [1, C] -> '
-                    '[C]')
-
-
-def grn_to_vector(conv: 'Conversion', request: 'Request') -> None:
-    """GRN ``gamma`` / ``beta`` -> mmpretrain's ``[C]``.
-
-    The official dense GRN stores ``[1, 1, 1, C]`` (ConvNeXt-V2
-    ``models/utils.GRN``), the sparse one ``[1, C]`` (``MinkowskiGRN``);
-    mmpretrain's ``GRN`` has ``[C]`` and broadcasts it itself; the values
-    and their order are unchanged.
-    """
-    from ..errors import ConversionError
-    for key in list(conv.state_dict):
-        if not re.search(r'\.grn\.(?:gamma|beta)$', key):
-            continue
-        value = conv.state_dict[key]
-        if value.dim() == 1:
-            continue
-        if any(n != 1 for n in value.shape[:-1]):
-            raise ConversionError(
-                f'{key} has shape {list(value.shape)}: a GRN parameter is '
-                '[C], [1, C] or [1, 1, 1, C]')
-        _record(conv, key, value.reshape(-1),
-                f'grn_to_vector: GRN {list(value.shape)} -> [C] (mmpretrain '
-                'GRN)')
-
-
-def flatten_pointwise_convs(conv: 'Conversion', request: 'Request') -> None:
-    """timm ``conv_mlp=True``: 1x1 conv ``[out, in, 1, 1]`` -> the linear
-    ``[out, in]`` of mmpretrain's ``linear_pw_conv=True`` (same values)."""
-    for key in list(conv.state_dict):
-        value = conv.state_dict[key]
-        if re.search(r'\.pointwise_conv[12]\.weight$', key) and \
-                value.dim() == 4 and tuple(value.shape[2:]) == (1, 1):
-            _record(conv, key, value.flatten(1),
-                    'flatten_pointwise_convs: 1x1 conv [out, in, 1, 1] -> '
-                    'linear [out, in]')
 
 
 # --- what the weights imply ------------------------------------------------
@@ -289,7 +224,6 @@ def infer_convnext(state_dict: Dict[str, Any]) -> Dict[str, Any]:
         ConversionError: Not one complete, consistent ConvNeXt (lists the
             missing, unexpected and mis-shaped tensors).
     """
-    from ..errors import ConversionError
     stem = state_dict.get('downsample_layers.0.0.weight')
     if stem is None or stem.dim() != 4:
         raise ConversionError(
@@ -331,7 +265,6 @@ def infer_convnext(state_dict: Dict[str, Any]) -> Dict[str, Any]:
         layer_scale='stages.0.0.gamma' in state_dict,
         final_norm=f'norm{len(stages) - 1}.weight' in state_dict,
         norms=[i for i in stages if f'norm{i}.weight' in state_dict])
-    from ..convert import check_shapes  # torch: not at import
     check_shapes(state_dict, _expected_shapes(args),
                  f'ConvNeXt (depths={depths}, channels={channels})')
     return args
@@ -436,7 +369,7 @@ def _hints(args: Dict[str, Any], dst: str) -> str:
 # --- declarations ----------------------------------------------------------
 CONVNEXT_FAMILY = Family(
     'convnext', 'ConvNeXt backbone', options=('select', 'prefix'),
-    finish=(flatten_pointwise_convs, grn_to_vector, convnext_architecture),
+    finish=(convnext_architecture, ),
     targets=('mmdet', ), never_pretrained=(r'^norm\d+\.(?:weight|bias)$', ))
 
 _STEM = r'^downsample_layers\.0\.0\.weight$'
@@ -465,7 +398,7 @@ CONVNEXT_FORMATS: Tuple[SourceFormat, ...] = (
         rules=FCMAE_RULES,
         sentinels=(r'^encoder\.stages\.0\.0\.dwconv\.kernel$',
                    r'^encoder\.downsample_layers\.0\.0\.weight$'),
-        containers=('model', ), surgery=(densify_sparse_kernels, ),
+        containers=('model', ),
         released=('convnextv2_tiny_1k_224_fcmae.pt', 'convnextv2_base_1k_224_fcmae.pt'),
         source='facebookresearch/ConvNeXt-V2: main_pretrain.py / utils.save_model; models/fcmae.py, models/convnextv2_sparse.py (MinkowskiEngine); utils.remap_checkpoint_keys'),
     SourceFormat(

@@ -9,43 +9,28 @@ keep them in ``['blobs']``). Caffe2 names are first renamed to detectron2's
 (:data:`CAFFE2_RULES`, as ``detectron2/checkpoint/c2_model_loading.py``
 reads them), then with :data:`DETECTRON2_RULES` to the canonical names.
 
-Surgery: :func:`fill_frozen_bn_stats` gives scale/bias-only FrozenBN layers
-the statistics detectron2's ``FrozenBatchNorm2d`` keeps for them.
+The ResNet renames are :data:`~.resnet.DETECTRON2_NAMES`, written so that
+the ``--to detectron2`` table is derived from them; the rest of a detector
+is dropped. :data:`FROZEN_BN_STATISTICS` (``derive``) gives scale/bias-only
+FrozenBN layers the statistics detectron2's ``FrozenBatchNorm2d`` keeps for
+them; :func:`count_frozen_bn` records how many.
 """
-import re
-from typing import TYPE_CHECKING, Dict, List, Tuple
+from typing import Tuple
 
-from ..spec import Rule, SourceFormat, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from ..pipeline import Conversion, Request
+from ..ops import Fill
+from ..spec import Conversion, Request, Rule, SourceFormat, register
+from .resnet import DETECTRON2_NAMES
 
 __all__ = ['DETECTRON2_RULES', 'CAFFE2_RULES', 'FROZEN_BN_EPS',
-           'fill_frozen_bn_stats', 'DETECTRON2', 'CAFFE2']
+           'FROZEN_BN_STATISTICS', 'count_frozen_bn', 'DETECTRON2',
+           'CAFFE2']
 
 #: eps of detectron2's ``FrozenBatchNorm2d`` and of MMDetection's BN.
 FROZEN_BN_EPS = 1e-5
-# detectron2 numbers the stages as Caffe2 did: torchvision layerN = resN+1.
-_STAGES = ((1, 2), (2, 3), (3, 4), (4, 5))
 
 # fmt: off
 # --- detectron2 -> canonical ------------------------------------------------
-#: Where detectron2-family files keep the ResNet: model zoo (FPN)
-#: ``backbone.bottom_up.``, detrex/C4 ``backbone.``, bare backbone files.
-_D2 = r'^(?:module\.)?(?:backbone\.)?(?:bottom_up\.)?'
-
-DETECTRON2_RULES: Tuple[Rule, ...] = (
-    (_D2 + r'stem\.conv1\.norm\.',         'bn1.',   'stem norm'),
-    (_D2 + r'stem\.conv1\.',               'conv1.', 'stem conv'),
-    (_D2 + r'(?:stem\.fc|linear)\.',       'fc.',    'ImageNet classifier'),
-) + tuple(rule for n, r in _STAGES for rule in (
-    (_D2 + rf'res{r}\.(\d+)\.conv([123])\.norm\.',  rf'layer{n}.\1.bn\2.',          f'res{r} norm'),
-    (_D2 + rf'res{r}\.(\d+)\.conv([123])\.',        rf'layer{n}.\1.conv\2.',        f'res{r} conv'),
-    (_D2 + rf'res{r}\.(\d+)\.shortcut\.norm\.',     rf'layer{n}.\1.downsample.1.',  f'res{r} shortcut norm'),
-    (_D2 + rf'res{r}\.(\d+)\.shortcut\.',           rf'layer{n}.\1.downsample.0.',  f'res{r} shortcut conv'),
-)) + (
+DETECTRON2_RULES: Tuple[Rule, ...] = DETECTRON2_NAMES + (
     (r'^(?:module\.)?backbone\.(?:fpn_|top_block\.)', None, 'FPN (detector neck)'),
     (r'^(?:module\.)?roi_heads\.',                    None, 'ROI heads (C4 models: roi_heads.res5 is the head, MMDetection roi_head.shared_head)'),
     (r'^(?:module\.)?(?:proposal_generator|head|sem_seg_head|panoptic_head|criterion|transformer|class_embed|bbox_embed|query_embed|input_proj|label_enc)\.', None, 'detector head'),
@@ -77,43 +62,29 @@ CAFFE2_RULES: Tuple[Rule, ...] = (
 
 # fmt: on
 
-# --- tensor surgery ----------------------------------------------------------
-def fill_frozen_bn_stats(state_dict: Dict[str, 'torch.Tensor'],
-                         eps: float = FROZEN_BN_EPS) -> List[str]:
-    """Give scale/bias-only norm layers FrozenBN's identity statistics.
-
-    Caffe2 (MSRA) files store FrozenBN as an affine ``x * scale + bias``.
-    detectron2's ``FrozenBatchNorm2d`` keeps its initial buffers
-    ``running_mean = 0`` and ``running_var = 1 - eps`` for them, so its
-    ``batch_norm(eps)`` computes exactly the affine; the same buffers make
-    MMDetection's BN (eps=1e-5, eval mode) compute exactly what detectron2
-    computes (``running_var = 1`` would scale by ``1/sqrt(1 + 1e-5)``).
-
-    Args:
-        state_dict (dict): Canonical names; modified in place.
-        eps (float): The BN eps of the target. Defaults to 1e-5.
-
-    Returns:
-        list[str]: The norm layers that were completed.
-    """
-    import torch
-    filled = []
-    norms = re.compile(r'(?:^|\.)(?:bn\d|downsample\.1)\.weight$')
-    for key in [k for k in state_dict if norms.search(k)]:
-        layer = key[:-len('weight')]
-        if layer + 'running_mean' in state_dict:
-            continue
-        w = state_dict[key]
-        state_dict[layer + 'running_mean'] = torch.zeros_like(w)
-        state_dict[layer + 'running_var'] = torch.ones_like(w) - eps
-        filled.append(layer[:-1])
-    return filled
+# --- FrozenBN statistics -------------------------------------------------
+# Caffe2 (MSRA) files store FrozenBN as an affine ``x * scale + bias``.
+# detectron2's ``FrozenBatchNorm2d`` keeps its initial buffers
+# ``running_mean = 0`` and ``running_var = 1 - eps`` for them, so its
+# ``batch_norm(eps)`` computes exactly the affine; the same buffers make
+# MMDetection's BN (eps=1e-5, eval mode) compute exactly what detectron2
+# computes (``running_var = 1`` would scale by ``1/sqrt(1 + 1e-5)``).
+_NORM_WEIGHT = r'((?:^|\.)(?:bn\d|downsample\.1)\.)weight$'
+#: Derive rules (canonical names): the statistics of every norm layer that
+#: has none.
+FROZEN_BN_STATISTICS: Tuple[Rule, ...] = (
+    Rule(_NORM_WEIGHT, r'\1running_mean', 'FrozenBN running_mean',
+         ops=(Fill(0.0, 'FrozenBN running_mean = 0'), )),
+    Rule(_NORM_WEIGHT, r'\1running_var', 'FrozenBN running_var',
+         ops=(Fill(1 - FROZEN_BN_EPS, 'FrozenBN running_var = 1 - eps'), )),
+)
 
 
-def frozen_bn_statistics(conv: 'Conversion', request: 'Request') -> None:
-    """Surgery step: :func:`fill_frozen_bn_stats` on the canonical result
-    (the count goes into the meta and the summary)."""
-    conv.meta['frozen_bn_filled'] = len(fill_frozen_bn_stats(conv.state_dict))
+def count_frozen_bn(conv: 'Conversion', request: 'Request') -> None:
+    """Record how many norm layers :data:`FROZEN_BN_STATISTICS` completed
+    (``meta['frozen_bn_filled']``; the family's summary line reads it)."""
+    conv.meta['frozen_bn_filled'] = len(
+        {key.rsplit('.', 1)[0] for key in conv.derived})
 
 
 DETECTRON2 = SourceFormat(
@@ -121,7 +92,8 @@ DETECTRON2 = SourceFormat(
     rules=DETECTRON2_RULES,
     sentinels=(r'(?:^|\.)(?:stem\.conv1|res2\.0\.conv1)\.weight$', ),
     containers=('model', ),
-    surgery=(frozen_bn_statistics, ),
+    derive=FROZEN_BN_STATISTICS,
+    surgery=(count_frozen_bn, ),
     released=('model_final_f10217.pkl', 'R-50.pkl (torchvision, converted)'),
     source='facebookresearch/detectron2: {model, __author__[, '
     'matching_heuristics]} .pkl of numpy arrays; training .pth {model, ...}')
@@ -130,7 +102,8 @@ CAFFE2 = SourceFormat(
     rules=CAFFE2_RULES, then=DETECTRON2_RULES,
     sentinels=(r'^(?:conv1_w|res2_0_branch2a_w)$', ),
     containers=('blobs', ),
-    surgery=(frozen_bn_statistics, ),
+    derive=FROZEN_BN_STATISTICS,
+    surgery=(count_frozen_bn, ),
     released=('R-50.pkl', 'R-101.pkl', 'Detectron1 model_final.pkl'),
     source='ImageNetPretrained/MSRA: bare dict of numpy blobs; Detectron1 '
     'detection models: {blobs, cfg}')

@@ -36,14 +36,19 @@ How each tensor is converted:
   ``ChannelMapper`` neck), level/query embeddings, transformer layers
   (``linear1/linear2`` -> ``ffn.layers.0.0/ffn.layers.1``, ``normK`` ->
   ``norms.J`` in the order MMDetection applies them), heads.
-* **Tensor surgery** is in named functions in each format's ``surgery``
-  (:func:`record_variant`, :func:`detr_classes`, ...):
-  :func:`remap_coco_classes` turns the classifier of the original COCO id
-  space (91 rows, ids 0..90, or 92 with DETR's no-object row last) into
-  MMDetection's 80 contiguous classes, keeping the no-object row last where
-  the MMDetection head has one (``DETRHead``: softmax over
+* **Class rows** are ops declared on the classifier rules (skipped with
+  ``--keep-classes``): :func:`coco_classes` turns the classifier of the
+  original COCO id space (91 rows, ids 0..90, or 92 with DETR's no-object
+  row last) into MMDetection's 80 contiguous classes, keeping the no-object
+  row last where the MMDetection head has one (``DETRHead``: softmax over
   ``num_classes + 1``; ``DeformableDETRHead``/``ConditionalDETRHead`` use a
-  sigmoid over ``num_classes`` and have none).
+  sigmoid over ``num_classes`` and have none); :data:`PROPOSAL_OBJECTNESS`
+  keeps the two-stage proposal classifier's rows by position;
+  :data:`DINO_LABEL_EMBEDDING` remaps DINO's denoising label embedding.
+* **Format facts** (``SourceFormat.facts``): the model options and config
+  each format implies and its notes, read by the family steps
+  (:func:`record_variant`, :func:`proposal_branch`, :func:`detr_notes`),
+  which change no tensor.
 * **Attention projections**: every packed ``in_proj_weight``/``in_proj_bias``
   of the official models (``nn.MultiheadAttention``, q/k/v rows in that
   order) lands in an MMDetection ``MultiheadAttention``, which wraps
@@ -97,10 +102,10 @@ each output branch 0..5 is that tensor (MMDetection's branches are
 separate copies with the same values), the second names merge as
 aliases. The two-stage heads ``transformer.enc_out_{class,bbox}_embed``
 are separate modules and become branch 6 (``cls_branches[num_layers]``,
-:func:`dino_proposal_branch`). Classes: every branch, the proposal one too
+:func:`proposal_branch`). Classes: every branch, the proposal one too
 (both codes rank proposals by their best class, unlike Deformable DETR's
 objectness), and the denoising ``label_enc`` (92 rows: ids 0..90 plus one
-row DINO never indexes; :func:`remap_label_embedding`) -> 80 classes.
+row DINO never indexes; :data:`DINO_LABEL_EMBEDDING`) -> 80 classes.
 
 DAB-DETR (:data:`DAB_DETR_RULES`): Conditional-DETR decoder attention, PReLU
 FFNs (``activation.weight`` -> ``ffn.layers.0.1.weight``), encoder and
@@ -109,21 +114,19 @@ decoder ``query_scale``, ``ref_anchor_head``, 4-d anchor queries
 (``bbox_embed`` = ``transformer.decoder.bbox_embed``, aliases).
 """
 import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
+from typing import Any, Dict, Iterable, Mapping, Tuple
 
-from ..spec import Family, Rule, SourceFormat, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from ..pipeline import Conversion, Request
+from ..arch import check_resnet
+from ..errors import ConversionError
+from ..ops import OpContext, SelectRows, When
+from ..spec import Conversion, Family, Request, Rule, SourceFormat, register
 
 __all__ = [
     'COCO_CATEGORY_IDS', 'DETR_RULES', 'DEFORMABLE_DETR_RULES',
     'CONDITIONAL_DETR_RULES', 'DN_DEFORMABLE_DETR_RULES',
     'DAB_DETR_RULES', 'DAB_DEFORMABLE_DETR_RULES', 'DINO_4SCALE_RULES',
-    'DINO_5SCALE_RULES', 'DETR_FAMILY', 'DETR_FORMATS', 'remap_coco_classes',
-    'keep_objectness_rows', 'remap_label_embedding', 'detr_variant'
+    'DINO_5SCALE_RULES', 'DETR_FAMILY', 'DETR_FORMATS', 'coco_classes',
+    'PROPOSAL_OBJECTNESS', 'DINO_LABEL_EMBEDDING', 'detr_variant'
 ]
 
 #: The 80 COCO category ids that MMDetection's ``CocoDataset`` numbers
@@ -137,6 +140,88 @@ COCO_CATEGORY_IDS: Tuple[int, ...] = (
     85, 86, 87, 88, 89, 90)
 #: Rows of the official COCO classifiers: ids 0..90 (``num_classes = 91``).
 COCO_NUM_IDS = 91
+#: Decoder layers of the official models: the two-stage proposal heads are
+#: branch 6, MMDetection's ``cls_branches[num_layers]`` (checked by
+#: :func:`proposal_branch`).
+OFFICIAL_DECODER_LAYERS = 6
+
+
+# --- class rows: ops declared on the classifier rules ------------------------
+def coco_classes(no_object: bool, what: str) -> SelectRows:
+    """The op that turns classifier rows of the 91-id COCO space into
+    MMDetection's 80 classes.
+
+    The official models classify category *ids* (``num_classes = 91``: rows
+    0..90, of which the 80 in :data:`COCO_CATEGORY_IDS` are used); DETR adds
+    a no-object row at index 91. MMDetection numbers the 80 classes 0..79 in
+    id order and, for softmax heads (``DETRHead``), puts no-object last.
+
+    Args:
+        no_object (bool): The source has a no-object row (92 rows) and the
+            target keeps it as row 80.
+        what (str): The rows and the MMDetection head, for the report.
+
+    Returns:
+        SelectRows: ``(91|92, ...)`` -> ``(80, ...)``, or ``(81, ...)``
+        with ``no_object``; another row count is refused (ConversionError
+        naming ``--keep-classes``).
+    """
+    return SelectRows(
+        COCO_CATEGORY_IDS + ((COCO_NUM_IDS, ) if no_object else ()),
+        COCO_NUM_IDS + int(no_object),
+        f'remap_coco_classes(no_object={no_object}): {what}',
+        'classifier has {rows} rows, not the {expected} of an official COCO '
+        'model (ids 0..90' + (' + no-object' if no_object else '') + '); '
+        'use --keep-classes for models trained on other datasets')
+
+
+DETR_CLASSES = coco_classes(
+    True, '92 COCO-id rows -> 80 classes + no-object last (DETRHead, softmax)')
+CONDITIONAL_DETR_CLASSES = coco_classes(
+    False, '91 COCO-id rows -> 80 classes (ConditionalDETRHead, sigmoid)')
+DEFORMABLE_DETR_CLASSES = coco_classes(
+    False, '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)')
+DAB_DETR_CLASSES = coco_classes(
+    False, '91 COCO-id rows -> 80 classes (DABDETRHead, sigmoid)')
+#: DINO: every branch, the two-stage proposal one included (both codes
+#: rank proposals by the best class).
+DINO_CLASSES = coco_classes(
+    False, '91 COCO-id rows -> 80 classes (DINOHead, sigmoid; the proposal '
+    'branch too: both codes rank proposals by their best class)')
+
+#: DINO's denoising label embedding: the official ``label_enc`` has
+#: ``dn_labelbook_size + 1 = 92`` rows, one per COCO id 0..90 (ground-truth
+#: and noised labels index it by id), then one row no code path of DINO
+#: indexes (noise draws ids in ``[0, dn_labelbook_size)``); MMDetection's
+#: ``CdnQueryGenerator`` embeds the 80 contiguous labels: row ``i`` = the
+#: row of COCO id ``COCO_CATEGORY_IDS[i]``.
+DINO_LABEL_EMBEDDING = SelectRows(
+    COCO_CATEGORY_IDS, COCO_NUM_IDS + 1,
+    'remap_label_embedding: 92 label_enc rows (COCO ids 0..90 + an unused '
+    'row) -> 80 classes (CdnQueryGenerator.label_embedding)',
+    'denoising label embedding has {rows} rows, not the {expected} of an '
+    'official COCO model (ids 0..90 + one unused row); use --keep-classes '
+    'for models trained on other datasets')
+
+#: Two-stage Deformable DETR: the proposal branch (index = decoder layers)
+#: is trained with every label set to 0 and ranks proposals by
+#: ``logits[..., 0]`` (official code and MMDetection alike): row 0 is an
+#: objectness score, not class id 0: its first 80 rows are kept by
+#: position.
+PROPOSAL_OBJECTNESS = SelectRows(
+    tuple(range(len(COCO_CATEGORY_IDS))), COCO_NUM_IDS,
+    'keep_objectness_rows: two-stage proposal classifier: row 0 '
+    '(class-agnostic objectness, the only row either code uses) stays row 0; '
+    'rows 0..79 kept by position',
+    'two-stage proposal classifier has {rows} rows, not {expected}; use '
+    '--keep-classes for non-COCO models')
+
+
+def two_stage(ctx: OpContext) -> bool:
+    """Whether the file is a two-stage model (it has the encoder proposal
+    transform ``transformer.enc_output``)."""
+    return 'transformer.enc_output.weight' in ctx.source
+
 
 # --- rule groups shared by several formats -----------------------------------
 _L = r'(\d+)'
@@ -170,21 +255,24 @@ _DETR_DECODER_TAIL: Tuple[Rule, ...] = (
     (r'^transformer\.decoder\.norm\.', 'decoder.post_norm.',        'decoder final norm'),
 )
 
-#: DETR-style head: one classifier, MLP(256, 256, 4, 3) box head
-#: (MMDetection: reg_ffn = Linear-ReLU, Linear; ReLU; fc_reg).
-_DETR_HEAD: Tuple[Rule, ...] = (
-    (r'^class_embed\.',          'bbox_head.fc_cls.',          'classifier (rows remapped by remap_coco_classes)'),
-    (r'^bbox_embed\.layers\.0\.', 'bbox_head.reg_ffn.layers.0.0.', 'box MLP layer 0'),
-    (r'^bbox_embed\.layers\.1\.', 'bbox_head.reg_ffn.layers.1.',   'box MLP layer 1'),
-    (r'^bbox_embed\.layers\.2\.', 'bbox_head.fc_reg.',             'box MLP output layer'),
-    (r'^query_embed\.',          'query_embedding.',            'object queries'),
-    (r'^input_proj\.',           'neck.convs.0.conv.',          'input projection (1x1 conv with bias = ChannelMapper conv, no norm)'),
-)
+def _detr_head(classes: SelectRows) -> Tuple[Rule, ...]:
+    """DETR-style head: one classifier (its rows: ``classes``),
+    MLP(256, 256, 4, 3) box head (MMDetection: reg_ffn = Linear-ReLU,
+    Linear; ReLU; fc_reg)."""
+    return (
+        Rule(r'^class_embed\.',      'bbox_head.fc_cls.',          'classifier (rows remapped by remap_coco_classes)', ops=(classes, ), unless='keep_classes'),
+        (r'^bbox_embed\.layers\.0\.', 'bbox_head.reg_ffn.layers.0.0.', 'box MLP layer 0'),
+        (r'^bbox_embed\.layers\.1\.', 'bbox_head.reg_ffn.layers.1.',   'box MLP layer 1'),
+        (r'^bbox_embed\.layers\.2\.', 'bbox_head.fc_reg.',             'box MLP output layer'),
+        (r'^query_embed\.',          'query_embedding.',            'object queries'),
+        (r'^input_proj\.',           'neck.convs.0.conv.',          'input projection (1x1 conv with bias = ChannelMapper conv, no norm)'),
+    )
+
 
 DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES + (
     (_DEC + r'\.self_attn\.',      r'decoder.layers.\1.self_attn.attn.',  'decoder self-attention (packed in_proj kept packed)'),
     (_DEC + r'\.multihead_attn\.', r'decoder.layers.\1.cross_attn.attn.', 'decoder cross-attention (packed in_proj kept packed)'),
-) + _DETR_DECODER_TAIL + _DETR_HEAD
+) + _DETR_DECODER_TAIL + _detr_head(DETR_CLASSES)
 
 #: Conditional DETR / DAB-DETR decoder attention: separate content and
 #: position projections, one to one onto MMDetection's ConditionalAttention.
@@ -203,7 +291,7 @@ _CONDITIONAL_DECODER_ATTENTION: Tuple[Rule, ...] = tuple(
 CONDITIONAL_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES + _CONDITIONAL_DECODER_ATTENTION + (
     (r'^transformer\.decoder\.query_scale\.',    'decoder.query_scale.',    'conditional spatial query scale MLP'),
     (r'^transformer\.decoder\.ref_point_head\.', 'decoder.ref_point_head.', 'reference point MLP'),
-) + _DETR_DECODER_TAIL + _DETR_HEAD
+) + _DETR_DECODER_TAIL + _detr_head(CONDITIONAL_DETR_CLASSES)
 
 #: Deformable DETR: multi-scale deformable attention has the same four
 #: linears (sampling_offsets, attention_weights, value_proj, output_proj,
@@ -238,26 +326,42 @@ _DEFORMABLE_TRANSFORMER: Tuple[Rule, ...] = _DEFORMABLE_LAYERS + (
     (r'^transformer\.pos_trans_norm\.',   'pos_trans_norm.',      'two-stage proposal position norm'),
 )
 
-#: Heads per decoder layer (+1 for two-stage proposals): ``class_embed.N`` /
-#: ``bbox_embed.N`` (MLP layers 0, 1, 2 = Sequential indices 0, 2, 4 of
-#: MMDetection's reg_branches); the ``transformer.decoder.*_embed`` names are
-#: the same modules registered a second time (aliases).
-_DEFORMABLE_BRANCHES: Tuple[Rule, ...] = (
-    (r'^(?:transformer\.decoder\.)?class_embed\.(\d+)\.',          r'bbox_head.cls_branches.\1.',   'classifier of decoder layer N (rows remapped by remap_coco_classes)'),
-    (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.0\.', r'bbox_head.reg_branches.\1.0.', 'box MLP layer 0 of decoder layer N'),
-    (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.1\.', r'bbox_head.reg_branches.\1.2.', 'box MLP layer 1 of decoder layer N'),
-    (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.2\.', r'bbox_head.reg_branches.\1.4.', 'box MLP output layer of decoder layer N'),
-)
+def _deformable_branches(classes: SelectRows) -> Tuple[Rule, ...]:
+    """Heads per decoder layer (+1 for two-stage proposals):
+    ``class_embed.N`` (its rows: ``classes``) / ``bbox_embed.N`` (MLP
+    layers 0, 1, 2 = Sequential indices 0, 2, 4 of MMDetection's
+    reg_branches); the ``transformer.decoder.*_embed`` names are the same
+    modules registered a second time (aliases)."""
+    return (
+        Rule(r'^(?:transformer\.decoder\.)?class_embed\.(\d+)\.',      r'bbox_head.cls_branches.\1.',   'classifier of decoder layer N (rows remapped by remap_coco_classes)', ops=(classes, ), unless='keep_classes'),
+        (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.0\.', r'bbox_head.reg_branches.\1.0.', 'box MLP layer 0 of decoder layer N'),
+        (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.1\.', r'bbox_head.reg_branches.\1.2.', 'box MLP layer 1 of decoder layer N'),
+        (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.2\.', r'bbox_head.reg_branches.\1.4.', 'box MLP output layer of decoder layer N'),
+    )
 
-_DEFORMABLE_HEAD: Tuple[Rule, ...] = _DEFORMABLE_BRANCHES + (
-    (r'^query_embed\.', 'query_embedding.', 'object queries (position half, then content half)'),
-    (r'^input_proj\.([0-2])\.0\.', r'neck.convs.\1.conv.', 'input projection conv (has a bias: the neck needs bias=True)'),
-    (r'^input_proj\.([0-2])\.1\.', r'neck.convs.\1.gn.',   'input projection GroupNorm'),
-    (r'^input_proj\.3\.0\.', 'neck.extra_convs.0.conv.',   'extra level 3x3/2 conv (has a bias: the neck needs bias=True)'),
-    (r'^input_proj\.3\.1\.', 'neck.extra_convs.0.gn.',     'extra level GroupNorm'),
-)
 
-DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + _DEFORMABLE_TRANSFORMER + _DEFORMABLE_HEAD
+def _deformable_head(classes: SelectRows) -> Tuple[Rule, ...]:
+    """Deformable DETR head: branches, queries, GN input projections."""
+    return _deformable_branches(classes) + (
+        (r'^query_embed\.', 'query_embedding.', 'object queries (position half, then content half)'),
+        (r'^input_proj\.([0-2])\.0\.', r'neck.convs.\1.conv.', 'input projection conv (has a bias: the neck needs bias=True)'),
+        (r'^input_proj\.([0-2])\.1\.', r'neck.convs.\1.gn.',   'input projection GroupNorm'),
+        (r'^input_proj\.3\.0\.', 'neck.extra_convs.0.conv.',   'extra level 3x3/2 conv (has a bias: the neck needs bias=True)'),
+        (r'^input_proj\.3\.1\.', 'neck.extra_convs.0.gn.',     'extra level GroupNorm'),
+    )
+
+
+_O = OFFICIAL_DECODER_LAYERS
+#: Two-stage Deformable DETR / DAB-Deformable-DETR: branch 6 of a two-stage
+#: file (6 decoder layers, checked by :func:`proposal_branch`) is the
+#: proposal classifier: rows kept by position; otherwise decoder layer 6's.
+TWO_STAGE_PROPOSAL_CLASSES = Rule(
+    rf'^(?:transformer\.decoder\.)?class_embed\.{_O}\.', rf'bbox_head.cls_branches.{_O}.',
+    f'classifier branch {_O}: the two-stage proposal classifier in two-stage files (rows kept by position), else that of decoder layer {_O} (rows remapped by remap_coco_classes)',
+    ops=(When(two_stage, PROPOSAL_OBJECTNESS, DEFORMABLE_DETR_CLASSES, 'the file is two-stage'), ), unless='keep_classes')
+
+DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = (BACKBONE_RULES + _DEFORMABLE_TRANSFORMER + (TWO_STAGE_PROPOSAL_CLASSES, )
+                                           + _deformable_head(DEFORMABLE_DETR_CLASSES))
 
 #: Not carried from DN-Deformable-DETR (no MMDetection equivalent).
 DN_NOT_CARRIED: Tuple[Rule, ...] = (
@@ -270,7 +374,9 @@ DN_NOT_CARRIED: Tuple[Rule, ...] = (
     (r'^transformer\.decoder\.high_dim_query_proj\.', None, 'NOT carried: DAB high-dimensional query update'),
 )
 
-DN_DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = DN_NOT_CARRIED + DEFORMABLE_DETR_RULES
+#: DN-Deformable-DETR: every branch is a class classifier (no objectness).
+DN_DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = (DN_NOT_CARRIED + BACKBONE_RULES + _DEFORMABLE_TRANSFORMER
+                                              + _deformable_head(DEFORMABLE_DETR_CLASSES))
 
 #: DAB-Deformable-DETR: the DAB query parts MMDetection has no module for.
 DAB_DEFORMABLE_NOT_CARRIED: Tuple[Rule, ...] = (
@@ -295,16 +401,10 @@ DAB_DETR_RULES: Tuple[Rule, ...] = BACKBONE_RULES + DETR_ENCODER_RULES + (
     (r'^transformer\.decoder\.ref_point_head\.',  'decoder.ref_point_head.',  'query-position MLP of the anchor sine embedding'),
     (r'^transformer\.decoder\.ref_anchor_head\.', 'decoder.ref_anchor_head.', 'width/height modulation MLP (modulate_hw_attn)'),
     (r'^(?:transformer\.decoder\.)?bbox_embed\.layers\.([0-2])\.', r'bbox_head.fc_reg.layers.\1.', 'box MLP shared by every decoder layer (transformer.decoder.bbox_embed is the same module)'),
-    (r'^class_embed\.',    'bbox_head.fc_cls.',  'classifier (rows remapped by dab_detr_classes)'),
+    Rule(r'^class_embed\.', 'bbox_head.fc_cls.', 'classifier (rows remapped by remap_coco_classes)', ops=(DAB_DETR_CLASSES, ), unless='keep_classes'),
     (r'^refpoint_embed\.', 'query_embedding.',   'learnable 4-d anchor boxes (the queries)'),
     (r'^input_proj\.',     'neck.convs.0.conv.', 'input projection (1x1 conv with bias = ChannelMapper conv, no norm)'),
 ) + _DETR_DECODER_TAIL
-
-#: Decoder layers of the official DINO R50 models: the two-stage proposal
-#: branch is MMDetection's ``cls_branches``/``reg_branches`` index
-#: ``num decoder layers`` (checked by :func:`dino_proposal_branch`).
-DINO_DECODER_LAYERS = 6
-
 
 def _multiscale_input_proj(backbone_levels: int) -> Tuple[Rule, ...]:
     """Rules for ``input_proj``: one 1x1 conv + GroupNorm per backbone level
@@ -326,303 +426,72 @@ def _multiscale_input_proj(backbone_levels: int) -> Tuple[Rule, ...]:
     )
 
 
-_P = DINO_DECODER_LAYERS
+_P = OFFICIAL_DECODER_LAYERS
 #: DINO: Deformable DETR layers, two-stage proposals scored by their own
 #: (unshared) class/box heads, content queries, denoising label embedding.
 _DINO_QUERIES: Tuple[Rule, ...] = _TWO_STAGE_MEMORY + (
     (r'^transformer\.tgt_embed\.', 'query_embedding.', 'content queries (embed_init_tgt)'),
-    (r'^transformer\.enc_out_class_embed\.', f'bbox_head.cls_branches.{_P}.', 'two-stage proposal classifier (rows remapped by dino_classes: both codes rank proposals by their best class)'),
+    Rule(r'^transformer\.enc_out_class_embed\.', f'bbox_head.cls_branches.{_P}.', 'two-stage proposal classifier (rows remapped by remap_coco_classes: both codes rank proposals by their best class)', ops=(DINO_CLASSES, ), unless='keep_classes'),
     (r'^transformer\.enc_out_bbox_embed\.layers\.0\.', f'bbox_head.reg_branches.{_P}.0.', 'two-stage proposal box MLP layer 0'),
     (r'^transformer\.enc_out_bbox_embed\.layers\.1\.', f'bbox_head.reg_branches.{_P}.2.', 'two-stage proposal box MLP layer 1'),
     (r'^transformer\.enc_out_bbox_embed\.layers\.2\.', f'bbox_head.reg_branches.{_P}.4.', 'two-stage proposal box MLP output layer'),
     (r'^transformer\.decoder\.norm\.',           'decoder.norm.',           'decoder norm (applied to every layer output)'),
     (r'^transformer\.decoder\.ref_point_head\.', 'decoder.ref_point_head.', 'query-position MLP of the anchor sine embedding'),
-    (r'^label_enc\.', 'dn_query_generator.label_embedding.', 'denoising label embedding (rows remapped by dino_label_embedding)'),
+    Rule(r'^label_enc\.', 'dn_query_generator.label_embedding.', 'denoising label embedding (rows remapped by remap_label_embedding)', ops=(DINO_LABEL_EMBEDDING, ), unless='keep_classes'),
 )
 
 DINO_4SCALE_RULES: Tuple[Rule, ...] = (BACKBONE_RULES + _DEFORMABLE_LAYERS + _DINO_QUERIES
-                                       + _DEFORMABLE_BRANCHES + _multiscale_input_proj(3))
+                                       + _deformable_branches(DINO_CLASSES) + _multiscale_input_proj(3))
 DINO_5SCALE_RULES: Tuple[Rule, ...] = (BACKBONE_RULES + _DEFORMABLE_LAYERS + _DINO_QUERIES
-                                       + _DEFORMABLE_BRANCHES + _multiscale_input_proj(4))
+                                       + _deformable_branches(DINO_CLASSES) + _multiscale_input_proj(4))
 # fmt: on
 
 
-
-# --- tensor surgery ------------------------------------------------------------
-def remap_coco_classes(tensor: 'torch.Tensor', no_object: bool
-                       ) -> 'torch.Tensor':
-    """Classifier rows of the 91-id COCO space -> MMDetection's 80 classes.
-
-    The official models classify category *ids* (``num_classes = 91``: rows
-    0..90, of which the 80 in :data:`COCO_CATEGORY_IDS` are used); DETR adds
-    a no-object row at index 91. MMDetection numbers the 80 classes 0..79 in
-    id order and, for softmax heads (``DETRHead``), puts no-object last.
-
-    Args:
-        tensor (Tensor): ``class_embed`` weight ``(91|92, C)`` or bias
-            ``(91|92,)``.
-        no_object (bool): The source has a no-object row (92 rows) and the
-            target keeps it as row 80.
-
-    Returns:
-        Tensor: ``(80, ...)``, or ``(81, ...)`` with ``no_object``.
-
-    Raises:
-        ConversionError: If the row count is not the COCO one.
-
-    Example:
-        >>> remap_coco_classes(torch.arange(92.), no_object=True)[[0, 11, 80]]
-        tensor([ 1., 13., 91.])
-    """
-    import torch
-
-    from ..errors import ConversionError
-    rows = COCO_NUM_IDS + int(no_object)
-    if tensor.shape[0] != rows:
-        raise ConversionError(
-            f'classifier has {tensor.shape[0]} rows, not the {rows} of an '
-            'official COCO model (ids 0..90' + (' + no-object' if no_object
-                                                else '') + '); '
-            'use --keep-classes for models trained on other datasets')
-    index = list(COCO_CATEGORY_IDS) + ([COCO_NUM_IDS] if no_object else [])
-    return tensor[torch.tensor(index)].clone()
-
-
-def keep_objectness_rows(tensor: 'torch.Tensor') -> 'torch.Tensor':
-    """Two-stage proposal classifier (91 rows) -> 80 rows by position.
-
-    Deformable DETR's two-stage encoder branch is trained with every label
-    set to 0 and ranks proposals by ``logits[..., 0]`` (official code and
-    MMDetection alike), so row 0 is an objectness score, not class id 0.
-
-    Example:
-        >>> keep_objectness_rows(torch.arange(91.))[:3]
-        tensor([0., 1., 2.])
-    """
-    from ..errors import ConversionError
-    if tensor.shape[0] != COCO_NUM_IDS:
-        raise ConversionError(
-            f'two-stage proposal classifier has {tensor.shape[0]} rows, not '
-            f'{COCO_NUM_IDS}; use --keep-classes for non-COCO models')
-    return tensor[:len(COCO_CATEGORY_IDS)].clone()
-
-
-def remap_label_embedding(tensor: 'torch.Tensor') -> 'torch.Tensor':
-    """DINO's denoising label embedding (92 rows) -> MMDetection's 80.
-
-    The official ``label_enc`` has ``dn_labelbook_size + 1 = 92`` rows: one
-    per COCO id 0..90 (ground-truth and noised labels index it by id), then
-    one row no code path of DINO indexes (noise draws ids in
-    ``[0, dn_labelbook_size)``). MMDetection's ``CdnQueryGenerator``
-    embeds the 80 contiguous labels.
-
-    Args:
-        tensor (Tensor): ``label_enc.weight`` ``(92, C)``.
-
-    Returns:
-        Tensor: ``(80, C)``, row ``i`` = the row of COCO id
-        ``COCO_CATEGORY_IDS[i]``.
-
-    Raises:
-        ConversionError: If the row count is not 92.
-
-    Example:
-        >>> remap_label_embedding(torch.arange(92.)[:, None])[[0, 79], 0]
-        tensor([ 1., 90.])
-    """
-    from ..errors import ConversionError
-    if tensor.shape[0] != COCO_NUM_IDS + 1:
-        raise ConversionError(
-            f'denoising label embedding has {tensor.shape[0]} rows, not the '
-            f'{COCO_NUM_IDS + 1} of an official COCO model (ids 0..90 + one '
-            'unused row); use --keep-classes for models trained on other '
-            'datasets')
-    return remap_coco_classes(tensor[:COCO_NUM_IDS], no_object=False)
-
-
-def _change(conv: 'Conversion', pattern: str,
-            func: Callable[['torch.Tensor'], 'torch.Tensor'], name: str,
-            what: str) -> None:
-    """Apply ``func`` to every output tensor whose key matches ``pattern``
-    and that no earlier step changed; one result per source tensor
-    (aliases stay one tensor). Recorded in ``conv.changed``."""
-    decided = {k for k, _, _, _ in conv.changed}
-    done: Dict[Tuple[int, Tuple[int, ...]], 'torch.Tensor'] = {}
-    regex = re.compile(pattern)
-    for key in [k for k in conv.state_dict
-                if regex.search(k) and k not in decided]:
-        before = conv.state_dict[key]
-        ident = (before.data_ptr(), tuple(before.shape))
-        if ident not in done:
-            done[ident] = func(before)
-        after = done[ident]
-        conv.state_dict[key] = after
-        conv.changed.append((key, tuple(before.shape), tuple(after.shape),
-                             f'{name}: {what}'))
-
-
-def _class_remap(name: str, pattern: str, no_object: bool, what: str,
-                 label_embedding: bool = False
-                 ) -> Callable[['Conversion', 'Request'], None]:
-    """A named surgery step: :func:`remap_coco_classes` (or, with
-    ``label_embedding``, :func:`remap_label_embedding`) on the outputs
-    matching ``pattern`` (skipped with ``--keep-classes``)."""
-    def step(conv: 'Conversion', request: 'Request') -> None:
-        if request.keep_classes:
-            return
-        if label_embedding:
-            _change(conv, pattern, remap_label_embedding,
-                    'remap_label_embedding', what)
-        else:
-            _change(conv, pattern,
-                    lambda t: remap_coco_classes(t, no_object=no_object),
-                    f'remap_coco_classes(no_object={no_object})', what)
-    step.__name__ = step.__qualname__ = name
-    step.__doc__ = what
-    return step
-
-
-_FC_CLS = r'^bbox_head\.fc_cls\.(weight|bias)$'
-_CLS_BRANCHES = r'^bbox_head\.cls_branches\.\d+\.(weight|bias)$'
-#: DETR: 92 COCO-id rows -> 80 classes + no-object last (softmax).
-detr_classes = _class_remap(
-    'detr_classes', _FC_CLS, True,
-    '92 COCO-id rows -> 80 classes + no-object last (DETRHead, softmax)')
-#: Conditional DETR: 91 COCO-id rows -> 80 classes (sigmoid).
-conditional_detr_classes = _class_remap(
-    'conditional_detr_classes', _FC_CLS, False,
-    '91 COCO-id rows -> 80 classes (ConditionalDETRHead, sigmoid)')
-#: Deformable DETR family: 91 COCO-id rows -> 80 classes (sigmoid).
-deformable_detr_classes = _class_remap(
-    'deformable_detr_classes', _CLS_BRANCHES, False,
-    '91 COCO-id rows -> 80 classes (DeformableDETRHead, sigmoid)')
-
-
-#: DAB-DETR: 91 COCO-id rows -> 80 classes (sigmoid).
-dab_detr_classes = _class_remap(
-    'dab_detr_classes', _FC_CLS, False,
-    '91 COCO-id rows -> 80 classes (DABDETRHead, sigmoid)')
-#: DINO: 91 COCO-id rows -> 80 classes in every branch, the two-stage
-#: proposal branch included (both codes rank proposals by the best class).
-dino_classes = _class_remap(
-    'dino_classes', _CLS_BRANCHES, False,
-    '91 COCO-id rows -> 80 classes (DINOHead, sigmoid; the proposal branch '
-    'too: both codes rank proposals by their best class)')
-#: DINO: denoising label embedding, 92 rows -> 80 classes.
-dino_label_embedding = _class_remap(
-    'dino_label_embedding',
-    r'^dn_query_generator\.label_embedding\.weight$', False,
-    '92 label_enc rows (COCO ids 0..90 + an unused row) -> 80 classes '
-    '(CdnQueryGenerator.label_embedding)', label_embedding=True)
-
-
-def dino_proposal_branch(conv: 'Conversion', request: 'Request') -> None:
-    """DINO: the proposal heads were renamed to branch index
-    :data:`DINO_DECODER_LAYERS`, which MMDetection reads as
-    ``cls_branches[decoder.num_layers]``: the file must have that many
-    decoder layers.
-
-    Raises:
-        ConversionError: The file has another number of decoder layers.
-    """
-    from ..errors import ConversionError
-    layers = {m.group(1) for m in (re.match(
-        r'^transformer\.decoder\.layers\.(\d+)\.', k) for k in conv.source)
-        if m}
-    if len(layers) != DINO_DECODER_LAYERS:
-        raise ConversionError(
-            f'DINO checkpoint with {len(layers)} decoder layers: mmconv '
-            f'converts the official {DINO_DECODER_LAYERS}-layer models only '
-            '(the two-stage heads become branch '
-            f'{DINO_DECODER_LAYERS}); use the official dec_layers=6 model')
-
-
-def two_stage_objectness(conv: 'Conversion', request: 'Request') -> None:
-    """Two-stage Deformable DETR: the last branch (index = decoder layers)
-    scores encoder proposals by its row 0 only, trained class-agnostically
-    (all labels 0) by both codes: that row must stay row 0, not be remapped
-    as a class."""
-    if request.keep_classes or not conv.meta['variant'].get('as_two_stage'):
-        return
-    proposal = sum(1 for k in conv.state_dict if re.match(
-        r'^decoder\.layers\.\d+\.norms\.0\.weight$', k))
-    _change(conv, rf'^bbox_head\.cls_branches\.{proposal}\.(weight|bias)$',
-            keep_objectness_rows, 'keep_objectness_rows',
-            'two-stage proposal classifier: row 0 (class-agnostic '
-            'objectness, the only row either code uses) stays row 0; rows '
-            '0..79 kept by position')
-
-
-# --- what the weights imply ------------------------------------------------------
-def detr_variant(fmt: str, keys) -> Dict[str, Any]:
+# --- what the weights imply (no tensor changes) ------------------------------
+def detr_variant(facts: Mapping[str, Any], keys: Iterable[str]
+                 ) -> Dict[str, Any]:
     """Model options the weights imply, and the config to build.
 
+    Args:
+        facts (Mapping): The format's ``facts``: ``variant`` (options every
+            file of the format has), ``variant_from_keys`` (read
+            ``with_box_refine``/``as_two_stage`` from the keys), ``config``
+            (the config, or a ``str.format`` template of the options) and
+            ``configs`` (configs by the values of the ``config_by``
+            options), ``config_depths`` (backbone depths the config has;
+            another is added to the name).
+        keys (Iterable[str]): Source keys.
+
     Returns:
-        dict: ``with_box_refine``, ``as_two_stage`` (Deformable DETR family),
-        ``depth`` (ResNet) and ``config`` (the matching config: mmconv's
-        ``configs/detr_family/`` for Deformable DETR / DN, MMDetection's own
-        otherwise).
+        dict: ``depth`` (ResNet), the options (``with_box_refine``,
+        ``as_two_stage`` ...) and ``config`` (the matching config:
+        mmconv's ``configs/detr_family/`` for Deformable DETR / DN / DINO,
+        MMDetection's own otherwise).
     """
-    from ..arch import check_resnet
     keys = list(keys)
     depth = check_resnet(k[len('backbone.0.body.'):] for k in keys
                          if k.startswith('backbone.0.body.')).depth
     out: Dict[str, Any] = {'depth': depth}
-    if fmt == 'detr':
-        out['config'] = ('mmdet::detr/detr_r101_8xb2-500e_coco.py'
-                         if depth == 101 else
-                         'mmdet::detr/detr_r50_8xb2-150e_coco.py')
-    elif fmt in ('conditional_detr', 'dab_detr'):
-        out['config'] = (
-            'mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py'
-            if fmt == 'conditional_detr' else
-            'mmdet::dab_detr/dab-detr_r50_8xb2-50e_coco.py')
-        if depth != 50:
-            out['config'] += f' (with backbone depth={depth})'
-    elif fmt in ('dino_4scale', 'dino_5scale'):
-        levels = 5 if fmt == 'dino_5scale' else 4
-        out.update(with_box_refine=True, as_two_stage=True,
-                   num_feature_levels=levels)
-        out['config'] = (f'configs/detr_family/dino-{levels}scale_r50_'
-                         'official_coco.py')
-        if depth not in (50, None):
-            out['config'] += f' (with backbone depth={depth})'
-    else:
-        refine = any(k.startswith('transformer.decoder.bbox_embed.')
-                     for k in keys)
-        two_stage = 'transformer.enc_output.weight' in keys
-        out.update(with_box_refine=refine, as_two_stage=two_stage)
-        if fmt == 'dn_deformable_detr':
-            out['config'] = ('configs/detr_family/'
-                             'dn-deformable-detr-refine_r50_official_coco.py')
-        elif fmt == 'dab_deformable_detr':
-            out['config'] = ('configs/detr_family/'
-                             'dab-deformable-detr-refine_r50_official_coco.py')
-            if two_stage or not refine:
-                out['config'] += (f' (with with_box_refine={refine}, '
-                                  f'as_two_stage={two_stage})')
-        else:
-            name = {(False, False): 'deformable-detr',
-                    (True, False): 'deformable-detr-refine',
-                    (True, True): 'deformable-detr-refine-twostage'}.get(
-                        (refine, two_stage))
-            out['config'] = (
-                f'configs/detr_family/{name}_r50_official_coco.py' if name
-                else 'an MMDetection DeformableDETR with with_box_refine='
-                f'{refine}, as_two_stage={two_stage}, neck bias=True')
-        if depth not in (50, None):
-            out['config'] += f' (with backbone depth={depth})'
+    out.update(facts.get('variant', {}))
+    if facts.get('variant_from_keys'):
+        out.update(with_box_refine=any(
+            k.startswith('transformer.decoder.bbox_embed.') for k in keys),
+            as_two_stage='transformer.enc_output.weight' in keys)
+    by = tuple(out[name] for name in facts.get('config_by', ()))
+    config = facts.get('configs', {}).get(by, facts['config']).format(**out)
+    if 'config_depths' in facts and depth not in facts['config_depths']:
+        config += f' (with backbone depth={depth})'
+    out['config'] = config
     return out
 
 
-def record_variant(conv: 'Conversion', request: 'Request') -> None:
+def record_variant(conv: Conversion, request: Request) -> None:
     """Family step: backbone check, the model options and the config to
     build (into the summary, the meta and the hints)."""
-    from ..arch import check_resnet
     conv.report.backbone = check_resnet(
         k[len('backbone.'):] for k in conv.state_dict
         if k.startswith('backbone.'))
-    variant = detr_variant(conv.format.name, conv.source)
+    variant = detr_variant(conv.format.facts, conv.source)
     config = variant.pop('config')
     conv.meta.update(mmdet_config=config, variant=variant)
     conv.lines.append(f'config:   {config}')
@@ -633,61 +502,116 @@ def record_variant(conv: 'Conversion', request: 'Request') -> None:
                               f'--checkpoint {dst}')
 
 
-def detr_notes(conv: 'Conversion', request: 'Request') -> None:
-    """Family step: what the user must know about the result."""
-    fmt = conv.format.name
+def proposal_branch(conv: Conversion, request: Request) -> None:
+    """Family step: the rule tables make the two-stage proposal heads branch
+    :data:`OFFICIAL_DECODER_LAYERS`, which MMDetection reads as
+    ``cls_branches[decoder.num_layers]``: a two-stage file must have that
+    many decoder layers where the format's ``facts['proposal_branch']``
+    says the branch is renamed to it (``'heads'``: DINO) or its rows are
+    declared for it (``'rows'``: Deformable DETR, unless
+    ``--keep-classes``).
+
+    Raises:
+        ConversionError: The file has another number of decoder layers.
+    """
+    facts = conv.format.facts
+    kind = facts.get('proposal_branch')
+    if kind is None or not conv.meta['variant'].get('as_two_stage') or (
+            kind == 'rows' and request.keep_classes):
+        return
+    layers = {m.group(1) for m in (re.match(
+        r'^transformer\.decoder\.layers\.(\d+)\.', k) for k in conv.source)
+        if m}
+    n = OFFICIAL_DECODER_LAYERS
+    if len(layers) == n:
+        return
+    if kind == 'heads':
+        raise ConversionError(
+            f'{facts["model"]} checkpoint with {len(layers)} decoder layers: '
+            f'mmconv converts the official {n}-layer models only (the '
+            f'two-stage heads become branch {n}); use the official '
+            f'dec_layers={n} model')
+    raise ConversionError(
+        f'{facts["model"]} checkpoint with {len(layers)} decoder layers: '
+        f'mmconv converts the official {n}-layer models only (its proposal '
+        f'classifier, branch {n}, keeps its rows by position); use the '
+        f'official dec_layers={n} model, or --keep-classes')
+
+
+def detr_notes(conv: Conversion, request: Request) -> None:
+    """Family step: what the user must know about the result (the format's
+    ``facts``: ``class_notes`` when classes were remapped, ``notes``
+    always, ``dropped_in_notes``: its notes name the tensors not
+    carried)."""
+    facts = conv.format.facts
     keys = conv.state_dict
     if any(re.match(r'^neck\.(?:extra_)?convs\.\d+\.conv\.bias$', k)
            for k in keys) and any('.gn.' in k for k in keys):
         conv.notes.append(
-            'the official input_proj convs have a bias that MMDetection\'s GN '
-            "ChannelMapper omits by default (bias='auto'): build the neck with "
-            'bias=True (configs/detr_family/*_official_coco.py do) or these '
-            'tensors are unexpected keys')
-    if fmt == 'detr' and conv.changed:
-        unused = sorted(set(range(COCO_NUM_IDS)) - set(COCO_CATEGORY_IDS))
-        conv.notes.append(
-            'DETRHead applies its softmax to the 80 classes + no-object only: '
-            f'the rows of the {len(unused)} COCO ids no category uses '
-            f'({", ".join(map(str, unused))}) are dropped from the classifier, '
-            'so the scores equal the official ones renormalised over the kept '
-            'columns (identical when those ids get no probability; official '
-            'training never targets them); logits and boxes are unchanged')
-    if fmt == 'dn_deformable_detr':
-        conv.notes.append(
-            'DN-Deformable-DETR has no exact MMDetection equivalent: backbone, '
-            'neck, level embedding, encoder, decoder layers and class/box '
-            'branches are converted into DeformableDETR (box refinement, '
-            'feedforward_channels=2048); the DAB/DN query parts are NOT '
-            'carried (see dropped); MMDetection query_embedding and '
-            'reference_points_fc stay initialised: fine-tune before use')
-    if fmt == 'dab_deformable_detr':
-        conv.notes.append(
-            'DAB-Deformable-DETR has no exact MMDetection equivalent: '
-            'backbone, neck, level embedding, encoder, decoder layers and '
-            'class/box branches are converted into DeformableDETR (box '
-            'refinement, feedforward_channels=2048); the DAB query parts '
-            '(tgt_embed, refpoint_embed, decoder ref_point_head and '
-            'query_scale) are NOT carried (see dropped); MMDetection '
-            'query_embedding and reference_points_fc stay initialised: '
-            'fine-tune before use')
-    if fmt in ('dino_4scale', 'dino_5scale') and conv.changed:
-        conv.notes.append(
-            'DINO ranks its two-stage proposals by the best class score: '
-            'MMDetection over the 80 classes, the official code over the 91 '
-            'COCO ids, so both pick the same proposals unless one of the 11 '
-            'ids no category uses (never a training target) outscores every '
-            'class; decoder logits and boxes are the official ones')
+            "the official input_proj convs have a bias that MMDetection's "
+            "GN ChannelMapper omits by default (bias='auto'): build the neck "
+            'with bias=True (configs/detr_family/*_official_coco.py do) or '
+            'these tensors are unexpected keys')
+    if conv.changed:
+        conv.notes.extend(facts.get('class_notes', ()))
+    conv.notes.extend(facts.get('notes', ()))
     dropped = [r for r in conv.report.dropped if 'NOT carried' in r.reason]
-    if dropped and fmt not in ('dn_deformable_detr', 'dab_deformable_detr'):
+    if dropped and not facts.get('dropped_in_notes'):
         conv.notes.append(f'{len(dropped)} tensors NOT carried (see dropped)')
+
+
+# --- format facts ------------------------------------------------------------
+_UNUSED_IDS = sorted(set(range(COCO_NUM_IDS)) - set(COCO_CATEGORY_IDS))
+DETR_SOFTMAX_NOTE = (
+    'DETRHead applies its softmax to the 80 classes + no-object only: '
+    f'the rows of the {len(_UNUSED_IDS)} COCO ids no category uses '
+    f'({", ".join(map(str, _UNUSED_IDS))}) are dropped from the classifier, '
+    'so the scores equal the official ones renormalised over the kept '
+    'columns (identical when those ids get no probability; official '
+    'training never targets them); logits and boxes are unchanged')
+DINO_PROPOSAL_NOTE = (
+    'DINO ranks its two-stage proposals by the best class score: '
+    'MMDetection over the 80 classes, the official code over the 91 '
+    'COCO ids, so both pick the same proposals unless one of the 11 '
+    'ids no category uses (never a training target) outscores every '
+    'class; decoder logits and boxes are the official ones')
+DN_NOTE = (
+    'DN-Deformable-DETR has no exact MMDetection equivalent: backbone, '
+    'neck, level embedding, encoder, decoder layers and class/box '
+    'branches are converted into DeformableDETR (box refinement, '
+    'feedforward_channels=2048); the DAB/DN query parts are NOT '
+    'carried (see dropped); MMDetection query_embedding and '
+    'reference_points_fc stay initialised: fine-tune before use')
+DAB_DEFORMABLE_NOTE = (
+    'DAB-Deformable-DETR has no exact MMDetection equivalent: '
+    'backbone, neck, level embedding, encoder, decoder layers and '
+    'class/box branches are converted into DeformableDETR (box '
+    'refinement, feedforward_channels=2048); the DAB query parts '
+    '(tgt_embed, refpoint_embed, decoder ref_point_head and '
+    'query_scale) are NOT carried (see dropped); MMDetection '
+    'query_embedding and reference_points_fc stay initialised: '
+    'fine-tune before use')
+
+_FAMILY_CONFIGS = 'configs/detr_family/'
+_REFINE_TWO_STAGE = ('with_box_refine', 'as_two_stage')
+
+
+def _dino_facts(levels: int) -> Dict[str, Any]:
+    """What a DINO ``levels``-scale file implies."""
+    return dict(
+        variant=dict(with_box_refine=True, as_two_stage=True,
+                     num_feature_levels=levels),
+        config=f'{_FAMILY_CONFIGS}dino-{levels}scale_r50_official_coco.py',
+        config_depths=(50, None), proposal_branch='heads', model='DINO',
+        class_notes=(DINO_PROPOSAL_NOTE, ))
 
 
 _TOP = ('model', )
 
 DETR_FAMILY = Family('detr', 'DETR-family detector',
                      options=('keep_classes', ),
-                     finish=(detr_notes, ), targets=('mmdet', ))
+                     finish=(record_variant, proposal_branch, detr_notes),
+                     targets=('mmdet', ))
 
 # fmt: off
 DETR_FORMATS: Tuple[SourceFormat, ...] = (
@@ -697,39 +621,55 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
         sentinels=(r'^label_enc\.weight$',
                    r'^refpoint_embed\.weight$', r'^transformer\.level_embed$',
                    r'^transformer\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$'),
-        containers=_TOP, surgery=(record_variant, deformable_detr_classes),
+        containers=_TOP,
         source='IDEA-Research/DN-DETR: main.py -m dn_dab_deformable_detr saves '
-        '{model, optimizer, lr_scheduler, epoch, args}'),
+        '{model, optimizer, lr_scheduler, epoch, args}',
+        facts=dict(variant_from_keys=True,
+                   config=f'{_FAMILY_CONFIGS}dn-deformable-detr-refine_r50_official_coco.py',
+                   config_depths=(50, None), notes=(DN_NOTE, ), dropped_in_notes=True)),
     SourceFormat(
         'deformable_detr', 'detr', 'Deformable DETR',
         rules=DEFORMABLE_DETR_RULES, strict=True,
         sentinels=(r'^transformer\.level_embed$',
                    r'^transformer\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$'),
         containers=_TOP,
-        surgery=(record_variant, two_stage_objectness, deformable_detr_classes),
         released=('r50_deformable_detr-checkpoint.pth',
                   'r50_deformable_detr_plus_iterative_bbox_refinement-checkpoint.pth',
                   'r50_deformable_detr_plus_iterative_bbox_refinement_plus_plus_two_stage-checkpoint.pth'),
         source='fundamentalvision/Deformable-DETR: main.py saves {model, optimizer, '
-        'lr_scheduler, epoch, args}'),
+        'lr_scheduler, epoch, args}',
+        facts=dict(variant_from_keys=True, config_by=_REFINE_TWO_STAGE,
+                   configs={(False, False): f'{_FAMILY_CONFIGS}deformable-detr_r50_official_coco.py',
+                            (True, False): f'{_FAMILY_CONFIGS}deformable-detr-refine_r50_official_coco.py',
+                            (True, True): f'{_FAMILY_CONFIGS}deformable-detr-refine-twostage_r50_official_coco.py'},
+                   config='an MMDetection DeformableDETR with with_box_refine={with_box_refine}, '
+                   'as_two_stage={as_two_stage}, neck bias=True',
+                   config_depths=(50, None), proposal_branch='rows',
+                   model='two-stage Deformable DETR')),
     SourceFormat(
         'conditional_detr', 'detr', 'Conditional DETR',
         rules=CONDITIONAL_DETR_RULES, strict=True,
         sentinels=(r'^transformer\.decoder\.layers\.0\.ca_qpos_sine_proj\.weight$',
                    r'^class_embed\.weight$'),
-        containers=_TOP, surgery=(record_variant, conditional_detr_classes),
+        containers=_TOP,
         released=('ConditionalDETR_r50_epoch50.pth', 'ConditionalDETR_r101_epoch50.pth'),
         source='Atten4Vis/ConditionalDETR: main.py saves {model, optimizer, '
-        'lr_scheduler, epoch, args}'),
+        'lr_scheduler, epoch, args}',
+        facts=dict(config='mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py',
+                   config_depths=(50, ))),
     SourceFormat(
         'detr', 'detr', 'DETR',
         rules=DETR_RULES, strict=True,
         sentinels=(r'^transformer\.decoder\.layers\.0\.multihead_attn\.in_proj_weight$',
                    r'^class_embed\.weight$', r'^input_proj\.weight$'),
-        containers=_TOP, surgery=(record_variant, detr_classes),
+        containers=_TOP,
         released=('detr-r50-e632da11.pth', 'detr-r101-2c7b67e5.pth'),
         source='facebookresearch/detr: main.py saves {model, optimizer, '
-        'lr_scheduler, epoch, args}; released files {model}'),
+        'lr_scheduler, epoch, args}; released files {model}',
+        facts=dict(config_by=('depth', ),
+                   configs={(101, ): 'mmdet::detr/detr_r101_8xb2-500e_coco.py'},
+                   config='mmdet::detr/detr_r50_8xb2-150e_coco.py',
+                   class_notes=(DETR_SOFTMAX_NOTE, ))),
     SourceFormat(
         'dino_5scale', 'detr', 'DINO 5-scale (IDEA-Research)',
         rules=DINO_5SCALE_RULES, strict=True,
@@ -737,9 +677,9 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
                    r'^transformer\.enc_out_class_embed\.weight$',
                    r'^transformer\.level_embed$', r'^input_proj\.4\.0\.weight$'),
         containers=_TOP,
-        surgery=(record_variant, dino_proposal_branch, dino_classes, dino_label_embedding),
         source='IDEA-Research/DINO: main.py -c config/DINO/DINO_5scale.py saves '
-        '{model, optimizer, lr_scheduler, epoch, args}'),
+        '{model, optimizer, lr_scheduler, epoch, args}',
+        facts=_dino_facts(5)),
     SourceFormat(
         'dino_4scale', 'detr', 'DINO 4-scale (IDEA-Research)',
         rules=DINO_4SCALE_RULES, strict=True,
@@ -747,28 +687,36 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
                    r'^transformer\.enc_out_class_embed\.weight$',
                    r'^transformer\.level_embed$'),
         containers=_TOP,
-        surgery=(record_variant, dino_proposal_branch, dino_classes, dino_label_embedding),
         released=('checkpoint0011_4scale.pth', ),
         source='IDEA-Research/DINO: main.py -c config/DINO/DINO_4scale.py saves '
-        '{model, optimizer, lr_scheduler, epoch, args}'),
+        '{model, optimizer, lr_scheduler, epoch, args}',
+        facts=_dino_facts(4)),
     SourceFormat(
         'dab_deformable_detr', 'detr', 'DAB-Deformable-DETR',
         rules=DAB_DEFORMABLE_DETR_RULES, strict=True,
         sentinels=(r'^refpoint_embed\.weight$', r'^transformer\.level_embed$',
                    r'^transformer\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$'),
         containers=_TOP,
-        surgery=(record_variant, two_stage_objectness, deformable_detr_classes),
         source='IDEA-Research/DAB-DETR: main.py -m dab_deformable_detr saves '
-        '{model, optimizer, lr_scheduler, epoch, args}'),
+        '{model, optimizer, lr_scheduler, epoch, args}',
+        facts=dict(variant_from_keys=True, config_by=_REFINE_TWO_STAGE,
+                   configs={(True, False): f'{_FAMILY_CONFIGS}dab-deformable-detr-refine_r50_official_coco.py'},
+                   config=f'{_FAMILY_CONFIGS}dab-deformable-detr-refine_r50_official_coco.py'
+                   ' (with with_box_refine={with_box_refine}, as_two_stage={as_two_stage})',
+                   config_depths=(50, None), proposal_branch='rows',
+                   model='two-stage DAB-Deformable-DETR',
+                   notes=(DAB_DEFORMABLE_NOTE, ), dropped_in_notes=True)),
     SourceFormat(
         'dab_detr', 'detr', 'DAB-DETR',
         rules=DAB_DETR_RULES, strict=True,
         sentinels=(r'^refpoint_embed\.weight$',
                    r'^transformer\.encoder\.query_scale\.layers\.0\.weight$',
                    r'^transformer\.decoder\.layers\.0\.ca_qpos_sine_proj\.weight$'),
-        containers=_TOP, surgery=(record_variant, dab_detr_classes),
+        containers=_TOP,
         source='IDEA-Research/DAB-DETR: main.py -m dab_detr saves {model, '
-        'optimizer, lr_scheduler, epoch, args}'),
+        'optimizer, lr_scheduler, epoch, args}',
+        facts=dict(config='mmdet::dab_detr/dab-detr_r50_8xb2-50e_coco.py',
+                   config_depths=(50, ))),
 )
 # fmt: on
 

@@ -7,8 +7,10 @@ torchvision/MMDetection naming (``conv1``, ``bn1``, ``layer1.0.conv1`` ...,
 and ``fc`` for an ImageNet classifier), the *canonical* names. The family
 then ends every conversion with:
 
-* :func:`drop_classifier`: ``fc`` is not part of a backbone; it is kept only
-  for detectron2/torchvision output with ``--keep-fc``;
+* ``fc`` is not part of a backbone: the family's rules for each target
+  (:data:`TARGET_RULES`) drop it, unless ``--keep-fc`` asks to keep it for
+  detectron2/torchvision output (:func:`refuse_keep_fc_for_mmdet` refuses
+  it for MMDetection);
 * :func:`check_backbone`: the result is compared with a ResNet key set
   (depth, missing, unexpected);
 * :func:`decide_style_and_input`: what the weights cannot say is decided and
@@ -18,26 +20,29 @@ then ends every conversion with:
   make for the target.
 
 Targets: MMDetection (canonical names), torchvision (canonical names, bare
-state dict) and detectron2 (:data:`TO_DETECTRON2_RULES`, the mapping of
-detectron2's ``tools/convert-torchvision-to-d2.py``: ``stem.``, ``layerN``
--> ``res{N+1}``, ``bnK`` -> ``convK.norm``, ``downsample.0/1`` ->
-``shortcut``/``shortcut.norm``; a ``.pkl`` of numpy arrays).
+state dict) and detectron2 (a ``.pkl`` of numpy arrays). detectron2's names
+are declared once, in the direction detectron2 files are read
+(:data:`DETECTRON2_NAMES`, with :func:`mmconv.reverse.rename` templates:
+``stem.``, ``res{N+1}`` = ``layerN``, ``convK.norm`` = ``bnK``,
+``shortcut``/``shortcut.norm`` = ``downsample.0/1``); the ``--to
+detectron2`` table (:data:`TO_DETECTRON2_RULES`) is that table reversed, the
+mapping of detectron2's ``tools/convert-torchvision-to-d2.py``.
 """
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ..spec import Family, Rule, Target, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import Conversion, Request
+from ..arch import check_resnet
+from ..errors import ConversionError, UsageError
+from ..reverse import rename, reverse_rules
+from ..spec import Conversion, Family, Request, Rule, Target, register
 
 __all__ = [
-    'BACKBONE', 'BARE_BACKBONE', 'TO_DETECTRON2_RULES', 'RESNET',
-    'DETECTRON2_TARGET', 'TORCHVISION_TARGET', 'Preprocessing',
-    'TORCHVISION_PIXEL', 'MSRA_PIXEL', 'TORCHVISION_SOURCES',
-    'drop_classifier', 'check_backbone', 'decide_style_and_input',
-    'to_numpy_tree'
+    'BACKBONE', 'BARE_BACKBONE', 'D2_PREFIX', 'DETECTRON2_NAMES',
+    'TO_DETECTRON2_RULES', 'TARGET_RULES', 'RESNET', 'DETECTRON2_TARGET',
+    'TORCHVISION_TARGET', 'Preprocessing', 'TORCHVISION_PIXEL', 'MSRA_PIXEL',
+    'TORCHVISION_SOURCES', 'refuse_keep_fc_for_mmdet', 'check_backbone',
+    'decide_style_and_input', 'to_numpy_tree'
 ]
 
 #: The stem and the four stages of a torchvision/MMDetection ResNet.
@@ -51,22 +56,34 @@ BARE_BACKBONE: Tuple[Rule, ...] = (
     (r'^fc\.',          'fc.', 'ImageNet classifier'),
 )
 
-# --- canonical (torchvision / MMDetection) -> detectron2 --------------------
+# --- detectron2 <-> canonical ------------------------------------------------
 # detectron2 numbers the stages as Caffe2 did: torchvision layerN = resN+1.
 _STAGES = ((1, 2), (2, 3), (3, 4), (4, 5))
+#: Where detectron2-family files keep the ResNet: model zoo (FPN)
+#: ``backbone.bottom_up.``, detrex/C4 ``backbone.``, bare backbone files
+#: (read, never written).
+D2_PREFIX = r'^(?:module\.)?(?:backbone\.)?(?:bottom_up\.)?'
 
 # fmt: off
-TO_DETECTRON2_RULES: Tuple[Rule, ...] = (
-    (r'^conv1\.',  'stem.conv1.',      'stem conv'),
-    (r'^bn1\.',    'stem.conv1.norm.', 'stem norm'),
-    (r'^fc\.',     'stem.fc.',         'ImageNet classifier (named as convert-torchvision-to-d2.py names it; detectron2 does not load it)'),
-) + tuple(rule for n, r in _STAGES for rule in (
-    (rf'^layer{n}\.(\d+)\.conv([123])\.',      rf'res{r}.\1.conv\2.',       f'res{r} conv'),
-    (rf'^layer{n}\.(\d+)\.bn([123])\.',        rf'res{r}.\1.conv\2.norm.',  f'res{r} norm'),
-    (rf'^layer{n}\.(\d+)\.downsample\.0\.',    rf'res{r}.\1.shortcut.',      f'res{r} shortcut conv'),
-    (rf'^layer{n}\.(\d+)\.downsample\.1\.',    rf'res{r}.\1.shortcut.norm.', f'res{r} shortcut norm'),
+#: detectron2's ResNet names -> canonical, as detectron2 files are read
+#: (the ``detectron2`` format's table); written the other way round by the
+#: ``detectron2`` target (:data:`TO_DETECTRON2_RULES`).
+DETECTRON2_NAMES: Tuple[Rule, ...] = (
+    rename('stem.conv1.norm.', 'bn1.',   'stem norm', prefix=D2_PREFIX),
+    rename('stem.conv1.',      'conv1.', 'stem conv', prefix=D2_PREFIX),
+    rename('stem.fc.',         'fc.',    'ImageNet classifier', prefix=D2_PREFIX, also=('linear.', )),
+) + tuple(rule for s, r in _STAGES for rule in (
+    rename(f'res{r}.<block>.conv<n:[123]>.norm.', f'layer{s}.<block>.bn<n>.',          f'res{r} norm',          prefix=D2_PREFIX),
+    rename(f'res{r}.<block>.conv<n:[123]>.',      f'layer{s}.<block>.conv<n>.',        f'res{r} conv',          prefix=D2_PREFIX),
+    rename(f'res{r}.<block>.shortcut.norm.',      f'layer{s}.<block>.downsample.1.',   f'res{r} shortcut norm', prefix=D2_PREFIX),
+    rename(f'res{r}.<block>.shortcut.',           f'layer{s}.<block>.downsample.0.',   f'res{r} shortcut conv', prefix=D2_PREFIX),
 ))
 # fmt: on
+
+#: canonical -> detectron2 (``--to detectron2``): :data:`DETECTRON2_NAMES`
+#: reversed (``fc`` -> ``stem.fc``, as convert-torchvision-to-d2.py names
+#: it; detectron2 does not load it).
+TO_DETECTRON2_RULES: Tuple[Rule, ...] = reverse_rules(DETECTRON2_NAMES)
 
 #: The classifier in canonical names.
 _FC = re.compile(r'^fc\.')
@@ -112,38 +129,41 @@ def _fmt(values) -> str:
     return '[' + ', '.join(f'{float(v):.3f}' for v in values) + ']'
 
 
-# --- finishing steps (every ResNet conversion) --------------------------------
-def drop_classifier(conv: 'Conversion', request: 'Request') -> None:
-    """Move the canonical ``fc`` to the dropped list unless ``--keep-fc``
-    asks to keep it for detectron2/torchvision output."""
-    from ..errors import UsageError
-    from ..report import KeyRecord
+# --- the classifier, per target ---------------------------------------------
+#: What the canonical names become for each target: ``fc`` is not part of a
+#: backbone (dropped; kept for detectron2/torchvision with ``--keep-fc``),
+#: the rest keeps its name (then the target's own table, if any).
+_KEEP = Rule(r'^', '', 'canonical name (the target keeps it)')
+_FC_NOT_IN_MMDET = Rule(
+    r'^fc\.', None, 'ImageNet classifier (not in the backbone; MMDetection '
+    'backbones have none)')
+_FC_UNLESS_KEPT = Rule(
+    r'^fc\.', None, 'ImageNet classifier (not in the backbone; --keep-fc '
+    'keeps it)', unless='keep_fc')
+TARGET_RULES: Tuple[Tuple[str, Tuple[Rule, ...]], ...] = (
+    ('mmdet', (_FC_NOT_IN_MMDET, _KEEP)),
+    ('detectron2', (_FC_UNLESS_KEPT, )),  # then TO_DETECTRON2_RULES
+    ('torchvision', (_FC_UNLESS_KEPT, _KEEP)),
+)
+
+
+# --- finishing steps (every ResNet conversion) -------------------------------
+def refuse_keep_fc_for_mmdet(conv: 'Conversion', request: 'Request') -> None:
+    """``--keep-fc`` applies to detectron2/torchvision output only."""
     if request.keep_fc and conv.target.name == 'mmdet':
         raise UsageError('--keep-fc applies to detectron2/torchvision output '
                          '(MMDetection backbones have no classifier): drop '
                          'it')
-    if request.keep_fc:
-        return
-    reason = ('ImageNet classifier (not in the backbone; ' +
-              ('--keep-fc keeps it)' if conv.target.name != 'mmdet' else
-               'MMDetection backbones have none)'))
-    rep = conv.report
-    for r in [r for r in rep.kept if _FC.match(r.new)]:
-        del conv.state_dict[r.new]
-        rep.dropped.append(KeyRecord(r.old, None, reason, r.shape))
-    rep.kept = [r for r in rep.kept if not _FC.match(r.new)]
-    rep.aliases = [r for r in rep.aliases if not _FC.match(r.new)]
 
 
 def check_backbone(conv: 'Conversion', request: 'Request') -> None:
-    """Compare the result with a ResNet key set; refuse an empty one."""
-    from ..arch import check_resnet
-    from ..errors import ConversionError
-    if not conv.state_dict:
+    """Compare the result with a ResNet key set; refuse an empty one (the
+    classifier alone is empty unless ``--keep-fc`` keeps it)."""
+    backbone = [k for k in conv.state_dict if not _FC.match(k)]
+    if not backbone and not (request.keep_fc and conv.state_dict):
         raise ConversionError('no ResNet backbone tensor in the checkpoint '
                               f'(format {conv.format.name})')
-    conv.report.backbone = check_resnet(
-        k for k in conv.state_dict if not _FC.match(k))
+    conv.report.backbone = check_resnet(backbone)
 
 
 def _style(style: str, fmt: str, bottleneck: bool, author: Optional[str],
@@ -255,12 +275,12 @@ def decide_style_and_input(conv: 'Conversion', request: 'Request') -> None:
         'stride_in_1x1': style == 'caffe' and bottleneck,
         'pixel_mean': list(pixel.mean), 'pixel_std': list(pixel.std),
         'input_format': pixel.channels, 'frozen_bn_filled': filled})
-    has_fc = any(_FC.match(k) for k in conv.state_dict)
+    has_fc = request.keep_fc and any(_FC.match(k) for k in conv.state_dict)
     conv.hints = lambda dst: _HINTS[target](dst, check.depth, style,
                                             bottleneck, pixel, has_fc)
 
 
-# --- config hints per target ---------------------------------------------------
+# --- config hints per target -------------------------------------------------
 def _d2_hints(dst: str, depth: Optional[int], style: str, bottleneck: bool,
               pixel: Preprocessing, has_fc: bool) -> str:
     d = depth or '<depth>'
@@ -335,7 +355,7 @@ _HINTS = {'detectron2': _d2_hints, 'mmdet': _mmdet_hints,
           'torchvision': _tv_hints}
 
 
-# --- target output builders ----------------------------------------------------
+# --- target output builders --------------------------------------------------
 def to_numpy_tree(obj: Any) -> Any:
     """Tensors inside nested dicts -> numpy arrays (no copy on CPU)."""
     import torch
@@ -364,8 +384,10 @@ def _build_torchvision(conv: 'Conversion', meta: Dict[str, Any]) -> Any:
 RESNET = Family(
     'resnet', 'ResNet backbone',
     options=('select', 'prefix', 'style', 'keep_fc'),
-    finish=(drop_classifier, check_backbone, decide_style_and_input),
-    targets=('mmdet', 'detectron2', 'torchvision'))
+    finish=(refuse_keep_fc_for_mmdet, check_backbone,
+            decide_style_and_input),
+    targets=('mmdet', 'detectron2', 'torchvision'),
+    target_rules=TARGET_RULES)
 DETECTRON2_TARGET = Target(
     'detectron2', 'detectron2', rules=TO_DETECTRON2_RULES,
     build=_build_detectron2, file_format='pkl', suffix='.pkl')

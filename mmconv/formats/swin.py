@@ -48,15 +48,16 @@ format                 layout (as the official code saves it)
 
 Besides renaming (the report lists every tensor):
 
-* :func:`reorder_patch_merging`: MMDetection's and mmpretrain's
-  ``PatchMerging`` gather the 2x2 neighbours with ``nn.Unfold``
-  (channel-major, kernel positions row-major) where the official and timm
-  code concatenate ``x0, x1, x2, x3`` = (top-left, bottom-left, top-right,
-  bottom-right) blocks of ``C`` channels; the input columns of
-  ``downsample.reduction.weight`` (and, in v1, the ``4C`` channels of
-  ``downsample.norm``, which precedes the reduction) are permuted exactly as
-  MMDetection's ``swin_converter`` does. V2's norm follows the reduction
-  (``2C`` channels) and is kept as it is.
+* ``reorder_patch_merging`` (:data:`PATCH_MERGING`, a
+  :class:`~mmconv.ops.Regroup` declared on the ``downsample`` rules):
+  MMDetection's and mmpretrain's ``PatchMerging`` gather the 2x2 neighbours
+  with ``nn.Unfold`` (channel-major, kernel positions row-major) where the
+  official and timm code concatenate ``x0, x1, x2, x3`` = (top-left,
+  bottom-left, top-right, bottom-right) blocks of ``C`` channels; the input
+  columns of ``downsample.reduction.weight`` (and, in v1, the ``4C``
+  channels of ``downsample.norm``, which precedes the reduction) are
+  permuted exactly as MMDetection's ``swin_converter`` does. V2's norm
+  follows the reduction (``2C`` channels) and is kept as it is.
 * the final ``norm`` is the last stage's output norm of the detector's
   pyramid (``norm3`` for ``out_indices=(0, 1, 2, 3)``); ``norm0``..``norm2``
   have no pre-trained counterpart and keep their initialisation (weight 1,
@@ -66,12 +67,14 @@ Besides renaming (the report lists every tensor):
 * buffers the targets rebuild (``relative_position_index``, ``attn_mask``,
   V2 ``relative_coords_table``) are dropped with their reason.
 * relative position bias tables at another window size (v1) are resized
-  with :func:`resize_relative_position_table`, which reproduces the bicubic
+  by :class:`~mmconv.ops.ResizeTable`, which reproduces the bicubic
   interpolation of MMDetection's ``SwinTransformer.init_weights``:
-  ``SelfSupPretrained`` does it for the module's shapes (:func:`fit_swin`),
-  the command line for ``--window-size N``; the change is listed. Swin V2
-  has no table (its continuous ``cpb_mlp`` is evaluated at any window); the
-  config must then set ``pretrained_window_sizes``.
+  ``SelfSupPretrained`` applies :data:`FIT_RULES` (``Family.fit``) with the
+  module's shapes, the command line :data:`WINDOW_RULES` with the shapes
+  :func:`window_shapes` gives for ``--window-size N``
+  (``Family.fit_options``); the change is listed. Swin V2 has no table (its
+  continuous ``cpb_mlp`` is evaluated at any window); the config must then
+  set ``pretrained_window_sizes``.
 * :func:`swin_architecture` checks the result is one complete Swin and
   records the backbone arguments the weights imply (embed dims, depths,
   heads, window, MLP ratio) in ``meta['swin']``, a summary line and the
@@ -81,17 +84,19 @@ import math
 import re
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from ..spec import Family, Rule, SourceFormat, register
+from ..errors import ConversionError, UsageError
+from ..ops import Regroup, ResizeTable
+from ..spec import (Conversion, Family, OptionFit, Request, Rule,
+                    SourceFormat, register)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..pipeline import Conversion, Request
 
 __all__ = [
-    'SWIN_FAMILY', 'SWINV2_FAMILY', 'SWIN_FORMATS', 'unfold_order',
-    'reorder_patch_merging', 'resize_relative_position_table', 'fit_swin',
-    'window_option', 'swin_architecture', 'infer_swin'
+    'SWIN_FAMILY', 'SWINV2_FAMILY', 'SWIN_FORMATS', 'PATCH_MERGING',
+    'FIT_RULES', 'WINDOW_RULES', 'window_shapes', 'window_option',
+    'swin_architecture', 'infer_swin'
 ]
 
 # --- rule groups -----------------------------------------------------------
@@ -135,24 +140,54 @@ def _stem(prefix: str, what: str) -> Tuple[Rule, ...]:
     )
 
 
-def _downsample(prefix: str, first: int, shift: int,
-                what: str) -> Tuple[Rule, ...]:
+#: ``reorder_patch_merging``: the input columns of a 2x2 patch merging's
+#: ``reduction.weight`` ``(2C, 4C)``, official / timm ``[x0, x1, x2, x3]``
+#: blocks -> the ``nn.Unfold`` order of MMDetection's / mmpretrain's
+#: ``PatchMerging`` (output channel ``c * 4 + k`` is channel ``c`` of block
+#: ``[0, 2, 1, 3][k]``: MMDetection's ``correct_unfold_reduction_order``).
+PATCH_MERGING = Regroup(
+    (0, 2, 1, 3), dim=1, ndim=2,
+    what='reorder_patch_merging: input columns [x0,x1,x2,x3] blocks -> '
+    'nn.Unfold order (MMDetection swin_converter)',
+    mismatch='{key} has shape {shape}: not a 2x2 patch merging (out, 4C) '
+    'weight')
+#: The same order for the ``4C`` channels of a v1 ``downsample.norm``
+#: (before the reduction; ``correct_unfold_norm_order``).
+PATCH_MERGING_NORM = Regroup(
+    (0, 2, 1, 3),
+    what='reorder_patch_merging: 4C channels -> nn.Unfold order',
+    mismatch='{key} has shape {shape}: not the 4C channels of a 2x2 patch '
+    'merging norm')
+
+
+def _downsample(prefix: str, first: int, shift: int, what: str,
+                v2: bool) -> Tuple[Rule, ...]:
     """``layers.N.downsample`` (``N`` from ``first``, three of them) ->
     ``stages.{N + shift}.downsample``: the official code merges patches at
     the end of stages 0-2, timm at the start of stages 1-3; MMDetection at
     the end (as the official code), mmpretrain's V2 at the start (as timm).
-    Swin has four stages."""
-    return tuple(
-        (prefix + rf'layers\.{n}\.downsample\.(reduction|norm)\.',
-         rf'stages.{n + shift}.downsample.\1.',
-         f'{what}: patch merging of layers.{n} (stage {n + shift})')
-        for n in range(first, first + 3))
+    Swin has four stages. The merged channels are reordered
+    (:data:`PATCH_MERGING`); V2's norm (``2C``, after the reduction) is
+    not."""
+    rules: List[Rule] = []
+    for n in range(first, first + 3):
+        src = prefix + rf'layers\.{n}\.downsample\.'
+        dst = f'stages.{n + shift}.downsample.'
+        why = f'{what}: patch merging of layers.{n} (stage {n + shift})'
+        rules.append(Rule(src + r'reduction\.weight$',
+                          dst + 'reduction.weight', why,
+                          ops=(PATCH_MERGING, )))
+        if not v2:
+            rules.append(Rule(src + r'norm\.', dst + 'norm.', why,
+                              ops=(PATCH_MERGING_NORM, )))
+        rules.append(Rule(src + r'(reduction|norm)\.', dst + r'\1.', why))
+    return tuple(rules)
 
 
-def _swin_rules(prefix: str, what: str, first: int,
-                shift: int) -> Tuple[Rule, ...]:
-    return _blocks(prefix, what) + _downsample(prefix, first, shift, what) \
-        + _stem(prefix, what)
+def _swin_rules(prefix: str, what: str, first: int, shift: int,
+                v2: bool) -> Tuple[Rule, ...]:
+    return _blocks(prefix, what) + \
+        _downsample(prefix, first, shift, what, v2) + _stem(prefix, what)
 
 
 _SIMMIM_HEAD: Tuple[Rule, ...] = (
@@ -162,14 +197,14 @@ _SIMMIM_HEAD: Tuple[Rule, ...] = (
 )
 
 # (first layers.N with a downsample, stage shift to the target)
-SWIN_RULES = _swin_rules('^', 'Swin', 0, 0)
-SWINV2_RULES = _swin_rules('^', 'Swin V2', 0, 1)
+SWIN_RULES = _swin_rules('^', 'Swin', 0, 0, False)
+SWINV2_RULES = _swin_rules('^', 'Swin V2', 0, 1, True)
 SIMMIM_RULES = _SIMMIM_HEAD + _swin_rules(r'^encoder\.', 'SimMIM encoder',
-                                          0, 0)
+                                          0, 0, False)
 SIMMIM_SWINV2_RULES = _SIMMIM_HEAD + _swin_rules(
-    r'^encoder\.', 'SimMIM Swin V2 encoder', 0, 1)
-TIMM_SWIN_RULES = _swin_rules('^', 'timm Swin', 1, -1)
-TIMM_SWINV2_RULES = _swin_rules('^', 'timm Swin V2', 1, 0)
+    r'^encoder\.', 'SimMIM Swin V2 encoder', 0, 1, True)
+TIMM_SWIN_RULES = _swin_rules('^', 'timm Swin', 1, -1, False)
+TIMM_SWINV2_RULES = _swin_rules('^', 'timm Swin V2', 1, 0, True)
 
 
 def _target_layout(what: str) -> Tuple[Rule, ...]:
@@ -195,105 +230,21 @@ MMDET_SWIN_RULES = _target_layout('MMDetection SwinTransformer')
 MMPRETRAIN_SWINV2_RULES = _target_layout('mmpretrain SwinTransformerV2')
 
 
-# --- tensor surgery ----------------------------------------------------------
-def unfold_order(channels: int) -> 'torch.Tensor':
-    """Source channel of every ``nn.Unfold`` channel of a 2x2 merge.
-
-    ``nn.Unfold`` output channel ``c * 4 + k`` (``k`` = kernel position,
-    row-major: (0,0), (0,1), (1,0), (1,1)) is source channel ``j * C + c``
-    of the official concatenation ``[x0, x1, x2, x3]`` = positions (0,0),
-    (1,0), (0,1), (1,1), so ``j = [0, 2, 1, 3][k]``: MMDetection's
-    ``correct_unfold_reduction_order`` / ``correct_unfold_norm_order``.
-
-    Args:
-        channels (int): ``4 C``, the merged channels.
-
-    Returns:
-        torch.Tensor: ``index`` with ``unfold[..., i] = official[...,
-        index[i]]``.
-    """
-    import torch
-    c = channels // 4
-    blocks = torch.tensor([0, 2, 1, 3])
-    return (blocks.view(1, 4) * c + torch.arange(c).view(c, 1)).reshape(-1)
-
-
-def reorder_patch_merging(conv: 'Conversion', request: 'Request') -> None:
-    """Permute the merged channels of every ``downsample`` to the
-    ``nn.Unfold`` order of MMDetection's / mmpretrain's ``PatchMerging``.
-
-    ``reduction.weight`` ``(2C, 4C)``: its input columns; ``norm``: only
-    when it has ``4C`` channels (v1, norm before the reduction). V2's norm
-    (``2C``, after the reduction) is unchanged.
-    """
-    from ..errors import ConversionError
-    sd = conv.state_dict
-    for key in [k for k in sd if k.endswith('downsample.reduction.weight')]:
-        weight = sd[key]
-        if weight.dim() != 2 or weight.shape[1] % 4:
-            raise ConversionError(
-                f'{key} has shape {list(weight.shape)}: not a 2x2 patch '
-                'merging (out, 4C) weight')
-        index = unfold_order(weight.shape[1])
-        sd[key] = weight[:, index].contiguous()
-        conv.changed.append(
-            (key, tuple(weight.shape), tuple(weight.shape),
-             'reorder_patch_merging: input columns [x0,x1,x2,x3] blocks -> '
-             'nn.Unfold order (MMDetection swin_converter)'))
-        stem = key[:-len('reduction.weight')]
-        for name in ('norm.weight', 'norm.bias'):
-            norm = sd.get(stem + name)
-            if norm is not None and norm.shape[0] == weight.shape[1]:
-                sd[stem + name] = norm[index].contiguous()
-                conv.changed.append(
-                    (stem + name, tuple(norm.shape), tuple(norm.shape),
-                     'reorder_patch_merging: 4C channels -> nn.Unfold order'))
-
-
-def resize_relative_position_table(table: 'torch.Tensor',
-                                   length: int) -> 'torch.Tensor':
-    """Resize a ``((2W-1)^2, heads)`` bias table to ``length`` rows exactly
-    as MMDetection's ``SwinTransformer.init_weights`` does (bicubic
-    ``F.interpolate`` of the ``(1, heads, 2W-1, 2W-1)`` grid, no
-    ``align_corners``, no antialias).
-
-    Args:
-        table (torch.Tensor): ``(L1, heads)`` table.
-        length (int): ``L2 = (2 W' - 1) ** 2`` rows.
-
-    Returns:
-        torch.Tensor: ``(L2, heads)``, contiguous.
-    """
-    import torch.nn.functional as F
-    rows, heads = table.shape
-    s1, s2 = int(rows**0.5), int(length**0.5)
-    resized = F.interpolate(
-        table.permute(1, 0).reshape(1, heads, s1, s1), size=(s2, s2),
-        mode='bicubic')
-    return resized.view(heads, length).permute(1, 0).contiguous()
-
-
+# --- window fitting ----------------------------------------------------------
 _TABLE = 'relative_position_bias_table'
+_TABLE_KEY = r'relative_position_bias_table$'
+_TABLE_WHY = 'relative position bias table of a v1 window attention'
 
-
-def _resize_tables(conv: 'Conversion', lengths: Dict[str, int],
-                   why: str) -> None:
-    """Resize the tables named in ``lengths`` (same heads) and list them."""
-    resized = 0
-    for key, length in lengths.items():
-        table = conv.state_dict.get(key)
-        if table is None or table.dim() != 2 or table.shape[0] == length:
-            continue
-        after = resize_relative_position_table(table, length)
-        conv.state_dict[key] = after
-        conv.changed.append((key, tuple(table.shape), tuple(after.shape),
-                             f'resize_relative_position_table: {why}'))
-        resized += 1
-    if resized:
-        conv.notes.append(
-            f'{resized} relative position bias tables resized by bicubic '
-            'interpolation, as MMDetection SwinTransformer.init_weights does '
-            f'({why})')
+#: ``Family.fit``: v1 bias tables resized to the window of the module being
+#: initialised (``SelfSupPretrained``, target shapes of the module; a table
+#: of other heads is left for the module's shape check to report).
+FIT_RULES: Tuple[Rule, ...] = (
+    Rule(_TABLE_KEY, r'\g<0>', _TABLE_WHY, ops=(
+        ResizeTable(what='window {src} -> {dst} of the model'), )), )
+#: ``--window-size N``: every v1 bias table resized to window ``N``.
+WINDOW_RULES: Tuple[Rule, ...] = (
+    Rule(_TABLE_KEY, r'\g<0>', _TABLE_WHY, ops=(
+        ResizeTable(what='window {src} -> {dst} (--window-size)'), )), )
 
 
 def _window_of(rows: int) -> Optional[int]:
@@ -302,45 +253,42 @@ def _window_of(rows: int) -> Optional[int]:
     return (side + 1) // 2 if side * side == rows and side % 2 else None
 
 
-def fit_swin(conv: 'Conversion', shapes: Dict[str, Tuple[int, ...]]) -> None:
-    """``Family.fit``: resize v1 bias tables to the target module's window.
+def window_shapes(state_dict: Dict[str, 'torch.Tensor'],
+                  window: int) -> Dict[str, Tuple[int, ...]]:
+    """``--window-size N``: the shape ``((2N - 1)^2, heads)`` of every v1
+    bias table at the window ``N`` of the detector (``window_size`` of the
+    config); none for Swin V2.
 
-    Called by ``SelfSupPretrained`` with the shapes of the module being
-    initialised; a table whose head count differs is left alone (the shape
-    mismatch is then reported as the error it is).
+    Raises:
+        UsageError: ``N`` < 1.
     """
-    lengths = {}
-    for key, table in conv.state_dict.items():
-        want = shapes.get(key)
-        if key.endswith(_TABLE) and want is not None and len(want) == 2 \
-                and want[1] == table.shape[1] and want[0] != table.shape[0] \
-                and _window_of(want[0]) is not None:
-            lengths[key] = want[0]
-    if lengths:
-        key = next(iter(lengths))
-        src, dst = _window_of(conv.state_dict[key].shape[0]), \
-            _window_of(lengths[key])
-        _resize_tables(conv, lengths, f'window {src} -> {dst} of the model')
+    if window < 1:
+        raise UsageError(f'--window-size {window}: must be a positive int')
+    return {k: ((2 * window - 1)**2, int(v.shape[1]))
+            for k, v in state_dict.items()
+            if k.endswith(_TABLE) and v.dim() == 2}
 
 
 def window_option(conv: 'Conversion', request: 'Request') -> None:
-    """Family step: ``--window-size N`` resizes every v1 bias table to the
-    window ``N`` of the detector (``window_size`` of the config)."""
-    from ..errors import UsageError
+    """Family step: the notes of ``--window-size N`` (the tables were
+    resized by :data:`WINDOW_RULES` before the family's steps)."""
     window = request.window_size
     if window is None:
         return
-    if window < 1:
-        raise UsageError(f'--window-size {window}: must be a positive int')
-    tables = {k: v for k, v in conv.state_dict.items() if k.endswith(_TABLE)}
-    if not tables:  # Swin V2: continuous position bias, nothing to resize
+    if not any(k.endswith(_TABLE) for k in conv.state_dict):
+        # Swin V2: continuous position bias, nothing to resize
         conv.notes.append(
             f'--window-size {window}: Swin V2 has no bias table to resize; '
             'set window_size and pretrained_window_sizes in the config')
         return
-    src = _window_of(next(iter(tables.values())).shape[0])
-    _resize_tables(conv, {k: (2 * window - 1)**2 for k in tables},
-                   f'window {src} -> {window} (--window-size)')
+    resized = [c for c in conv.changed if c.key.endswith(_TABLE)]
+    if resized:
+        src = _window_of(resized[0].before[0])
+        conv.notes.append(
+            f'{len(resized)} relative position bias tables resized by '
+            'bicubic interpolation, as MMDetection '
+            f'SwinTransformer.init_weights does (window {src} -> {window} '
+            '(--window-size))')
 
 
 # --- what the weights imply --------------------------------------------------
@@ -366,7 +314,6 @@ def infer_swin(state_dict: Dict[str, 'torch.Tensor'], v2: bool
     Raises:
         ConversionError: Not one complete Swin (names what is missing).
     """
-    from ..errors import ConversionError
     keys = list(state_dict)
     proj = state_dict.get('patch_embed.projection.weight')
     if proj is None or proj.dim() != 4:
@@ -501,25 +448,27 @@ _NEVER = (r'^norm[0-2]\.(?:weight|bias)$',
           r'(?:^|\.)attn\.w_msa\.relative_position_index$')
 _SELF_LOADING_SWIN = 'mmdet.models.backbones.swin:SwinTransformer'
 
+_WINDOW = (OptionFit('window_size', WINDOW_RULES, window_shapes), )
+
 SWIN_FAMILY = Family(
     'swin', 'Swin Transformer backbone', options=('prefix', 'window_size'),
     finish=(window_option, swin_architecture),
-    targets=('mmdet', ), never_pretrained=_NEVER, fit=fit_swin,
-    self_loading=(_SELF_LOADING_SWIN, ))
+    targets=('mmdet', ), never_pretrained=_NEVER, fit=FIT_RULES,
+    self_loading=(_SELF_LOADING_SWIN, ), fit_options=_WINDOW)
 SWINV2_FAMILY = Family(
     'swinv2', 'Swin Transformer V2 backbone',
     options=('prefix', 'window_size'),
     finish=(window_option, swin_architecture),
     targets=('mmdet', ),
     never_pretrained=_NEVER + (
-        r'(?:^|\.)attn\.w_msa\.relative_coords_table$', ))
+        r'(?:^|\.)attn\.w_msa\.relative_coords_table$', ),
+    fit_options=_WINDOW)
 
 _T1 = r'layers\.0\.blocks\.0\.attn\.relative_position_bias_table$'
 _T2 = r'layers\.0\.blocks\.0\.attn\.cpb_mlp\.0\.weight$'
 _END0 = r'layers\.0\.downsample\.reduction\.weight$'
 _START1 = r'layers\.1\.downsample\.reduction\.weight$'
 
-_MERGE = (reorder_patch_merging, )
 _MMDET_STAGE0 = r'^(?:backbone\.)?stages\.0\.'
 
 # fmt: off
@@ -528,7 +477,7 @@ SWIN_FORMATS: Tuple[SourceFormat, ...] = (
         'swin', 'swin', 'Swin Transformer (official, released or training)',
         rules=SWIN_RULES,
         sentinels=('^' + _T1, '^' + _END0, r'^patch_embed\.proj\.weight$'),
-        surgery=_MERGE, containers=('model', ),
+        containers=('model', ),
         released=('swin_tiny_patch4_window7_224.pth', 'swin_small_patch4_window7_224.pth',
                   'swin_base_patch4_window7_224_22k.pth', 'swin_base_patch4_window12_384.pth',
                   'ckpt_epoch_299.pth'),
@@ -537,33 +486,33 @@ SWIN_FORMATS: Tuple[SourceFormat, ...] = (
         'swinv2', 'swinv2', 'Swin Transformer V2 (official)',
         rules=SWINV2_RULES,
         sentinels=('^' + _T2, '^' + _END0, r'^layers\.0\.blocks\.0\.attn\.logit_scale$'),
-        surgery=_MERGE, containers=('model', ),
+        containers=('model', ),
         released=('swinv2_tiny_patch4_window8_256.pth', 'swinv2_base_patch4_window12_192_22k.pth'),
         source='microsoft/Swin-Transformer: models/swin_transformer_v2.py (res-post-norm, cosine attention, cpb_mlp)'),
     SourceFormat(
         'simmim', 'swin', 'SimMIM Swin pre-training (encoder + decoder)',
         rules=SIMMIM_RULES,
         sentinels=(r'^encoder\.mask_token$', r'^encoder\.' + _T1),
-        surgery=_MERGE, containers=('model', ),
+        containers=('model', ),
         released=('simmim_pretrain__swin_base__img192_window6__800ep.pth', ),
         source='microsoft/SimMIM: models/simmim.py SimMIM(encoder=SwinTransformerForSimMIM, decoder=Conv2d+PixelShuffle); utils.save_checkpoint {model, optimizer, lr_scheduler, scaler, epoch, config}'),
     SourceFormat(
         'simmim_swinv2', 'swinv2', 'SimMIM Swin V2 pre-training (encoder + decoder)',
         rules=SIMMIM_SWINV2_RULES,
         sentinels=(r'^encoder\.mask_token$', r'^encoder\.' + _T2),
-        surgery=_MERGE, containers=('model', ),
+        containers=('model', ),
         source='microsoft/Swin-Transformer: models/simmim.py SwinTransformerV2ForSimMIM'),
     SourceFormat(
         'timm_swin', 'swin', 'timm Swin Transformer',
         rules=TIMM_SWIN_RULES,
         sentinels=('^' + _T1, '^' + _START1),
-        surgery=_MERGE, containers=('state_dict', 'model'),
+        containers=('state_dict', 'model'),
         source='huggingface/pytorch-image-models: timm/models/swin_transformer.py (downsample at the start of a stage, head.fc)'),
     SourceFormat(
         'timm_swinv2', 'swinv2', 'timm Swin Transformer V2',
         rules=TIMM_SWINV2_RULES,
         sentinels=('^' + _T2, '^' + _START1),
-        surgery=_MERGE, containers=('state_dict', 'model'),
+        containers=('state_dict', 'model'),
         source='huggingface/pytorch-image-models: timm/models/swin_transformer_v2.py'),
     SourceFormat(
         'mmdet_swin', 'swin', 'MMDetection SwinTransformer (converted, or a detector)',

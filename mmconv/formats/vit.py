@@ -41,9 +41,13 @@ What the conversion does besides renaming (the report lists every tensor):
 
 * the class token, register tokens (DINOv2 ``register_tokens``, timm
   ``reg_token``), mask tokens, decoders and heads are dropped with reasons;
-* :func:`strip_class_slot` / :func:`strip_prefix_slots` remove the
-  class/register slots of ``pos_embed`` (the detector feeds patch tokens
-  only), recorded in ``changed`` with the number of slots;
+* the ``pos_embed`` rules remove its class/register slots (the detector
+  feeds patch tokens only): :data:`STRIP_CLASS_SLOT` (one slot, the class
+  token's) and :data:`STRIP_PREFIX_SLOTS` (timm / mmpretrain: as many as
+  the source has class and register tokens, none with timm's
+  ``no_embed_class``), recorded in ``changed`` with the number of slots;
+  :func:`require_pos_embed` / :func:`note_prefix_slots` refuse a ViT
+  without one and say when timm's slots were kept;
 * DINOv2's ``BlockChunk`` keys ``blocks.C.N`` become ``blocks.N`` (the
   chunk-local index is already the flat index: chunk ``C`` is padded with
   ``nn.Identity`` up to its first block) and its SwiGLU ``mlp.w12`` /
@@ -62,17 +66,17 @@ checkpoint's gammas replace it).
 """
 import math
 import re
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from ..spec import Family, Rule, SourceFormat, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import Conversion, Request
+from ..errors import ConversionError
+from ..ops import OpContext, SliceTokens
+from ..spec import (Conversion, Family, Request, Rule, SourceFormat,
+                    check_shapes, register)
 
 __all__ = [
-    'VIT_FAMILY', 'VIT_FORMATS', 'NUM_HEADS', 'strip_class_slot',
-    'strip_prefix_slots', 'check_block_chunks', 'vit_architecture',
-    'infer_vit'
+    'VIT_FAMILY', 'VIT_FORMATS', 'NUM_HEADS', 'STRIP_CLASS_SLOT',
+    'STRIP_PREFIX_SLOTS', 'require_pos_embed', 'note_prefix_slots',
+    'check_block_chunks', 'vit_architecture', 'infer_vit'
 ]
 
 #: Attention heads of the official models by width (the weights do not
@@ -84,6 +88,35 @@ NUM_HEADS: Dict[int, int] = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16,
 #: ``vit_small`` (moco-v3 vits.py) and mmpretrain's ``mocov3-small`` arch
 #: have 12 heads of 32 channels.
 FORMAT_NUM_HEADS: Dict[str, Dict[int, int]] = {'mocov3_vit': {384: 12}}
+
+# --- the pos_embed slots --------------------------------------------------
+def _tokens(source: Dict[str, Any], name: str) -> int:
+    """Number of tokens of the source's ``*name`` parameter (0 if none)."""
+    pattern = re.compile(rf'(?:^|\.){name}$')
+    for key, value in source.items():
+        if pattern.search(key) and value.dim() == 3:
+            return int(value.shape[1])
+    return 0
+
+
+def _prefix_tokens(ctx: OpContext) -> int:
+    """timm / mmpretrain: the class token plus timm's ``reg_token``s of the
+    source (``ctx.source``)."""
+    return _tokens(ctx.source, 'cls_token') + _tokens(ctx.source,
+                                                      'reg_token')
+
+
+#: ``pos_embed`` ``(1, 1 + g*g, C)`` -> ``(1, g*g, C)``: the official MAE,
+#: DINO, iBOT, MoCo v3 and DINOv2 models add exactly one position slot, the
+#: class token's (DINOv2's register tokens are inserted after the position
+#: embedding and have none).
+STRIP_CLASS_SLOT = SliceTokens(1, 'class-token', 'strip_class_slot')
+#: timm / mmpretrain: ``pos_embed`` holds ``num_prefix_tokens`` slots
+#: (class token + ``reg_token``) first, or none with ``no_embed_class``
+#: (timm's DINOv2 ports with registers); which one is read from the grid,
+#: which must be square.
+STRIP_PREFIX_SLOTS = SliceTokens(_prefix_tokens, 'class/register-token',
+                                 'strip_prefix_slots', optional=True)
 
 # --- rule groups ---------------------------------------------------------
 _DROP_TOKENS = (
@@ -99,10 +132,12 @@ _DROP_TOKENS = (
 )
 
 
-def _timm_body(prefix: str, what: str) -> Tuple[Rule, ...]:
+def _timm_body(prefix: str, what: str,
+               slots: SliceTokens = STRIP_CLASS_SLOT) -> Tuple[Rule, ...]:
     """Rules for a timm-layout ViT under the regex ``prefix`` (anchored):
     tokens and head dropped, SwiGLU ``w12``/``w3`` and DINOv2 chunked
-    ``blocks.C.N`` renamed, the rest kept under the same name."""
+    ``blocks.C.N`` renamed, ``pos_embed`` cut to its patch grid by
+    ``slots``, the rest kept under the same name."""
     rules = tuple((f'{prefix}{tail}', None, why)
                   for tail, why in _DROP_TOKENS)
     block = prefix + r'blocks\.(?:\d+\.)?(\d+)\.'
@@ -113,7 +148,10 @@ def _timm_body(prefix: str, what: str) -> Tuple[Rule, ...]:
          f'{what}: SwiGLU w3 = ViTDet mlp.fc2'),
         (block, r'blocks.\1.',
          f'{what}: transformer block (DINOv2 blocks.C.N -> blocks.N)'),
-        (prefix + r'(patch_embed\.proj\.|pos_embed$|norm\.)', r'\1',
+        Rule(prefix + r'pos_embed$', 'pos_embed',
+             f'{what}: patch embedding / position embedding / final norm',
+             ops=(slots, )),
+        (prefix + r'(patch_embed\.proj\.|norm\.)', r'\1',
          f'{what}: patch embedding / position embedding / final norm'),
     )
 
@@ -126,7 +164,7 @@ MAE_RULES: Tuple[Rule, ...] = (
     (r'^mask_token$', None, 'MAE decoder mask token'),
 ) + _timm_body('^', 'MAE encoder')
 
-TIMM_RULES: Tuple[Rule, ...] = _timm_body('^', 'ViT')
+TIMM_RULES: Tuple[Rule, ...] = _timm_body('^', 'ViT', STRIP_PREFIX_SLOTS)
 
 DINOV2_RULES: Tuple[Rule, ...] = (
     (r'^dino_head\.', None, 'DINOv2 DINO head (image-level prototypes)'),
@@ -150,7 +188,7 @@ MOCOV3_VIT_RULES: Tuple[Rule, ...] = (
 _MMP = r'^backbone\.layers\.(\d+)\.'
 MMPRETRAIN_VIT_RULES: Tuple[Rule, ...] = (
     (r'^backbone\.(?:cls_token|mask_token)$', None, 'class / mask token (the detector feeds patch tokens only)'),
-    (r'^backbone\.pos_embed$',               'pos_embed',         'position embedding'),
+    Rule(r'^backbone\.pos_embed$',           'pos_embed',         'position embedding', ops=(STRIP_PREFIX_SLOTS, )),
     (r'^backbone\.patch_embed\.projection\.', 'patch_embed.proj.', 'patch embedding'),
     (_MMP + r'ln1\.',                r'blocks.\1.norm1.',    'block norm before attention (ln1)'),
     (_MMP + r'attn\.gamma1\.weight$', r'blocks.\1.ls1.gamma', 'attention LayerScale (gamma1)'),
@@ -170,85 +208,36 @@ MMPRETRAIN_VIT_RULES: Tuple[Rule, ...] = (
 # fmt: on
 
 
-# --- tensor surgery --------------------------------------------------------
+# --- checks ------------------------------------------------------------------
 def _square(n: int) -> Optional[int]:
     """``g`` if ``n == g * g`` else None."""
     g = math.isqrt(n)
     return g if g * g == n else None
 
 
-def _slice_pos_embed(conv: 'Conversion', slots: int, name: str,
-                     what: str) -> None:
-    """Remove the first ``slots`` positions of ``pos_embed``."""
-    from ..errors import ConversionError
-    pos = conv.state_dict.get('pos_embed')
-    if pos is None:
+def require_pos_embed(conv: 'Conversion', request: 'Request') -> None:
+    """Refuse a ViT without ``pos_embed`` (its class slot is removed by
+    :data:`STRIP_CLASS_SLOT` on the rule that renames it)."""
+    if 'pos_embed' not in conv.state_dict:
         raise ConversionError(
             f'no pos_embed in the {conv.format.title} checkpoint: not a '
             'ViT with absolute position embeddings')
-    if pos.dim() != 3 or pos.shape[0] != 1:
-        raise ConversionError(f'pos_embed has shape {list(pos.shape)}, not '
-                              '(1, tokens, C)')
-    grid = _square(pos.shape[1] - slots)
-    if grid is None:
-        raise ConversionError(
-            f'pos_embed {list(pos.shape)}: {pos.shape[1]} positions minus '
-            f'{slots} {what} slot(s) is not a square patch grid')
-    if slots:
-        after = pos[:, slots:].clone()
-        conv.state_dict['pos_embed'] = after
-        conv.changed.append(
-            ('pos_embed', tuple(pos.shape), tuple(after.shape),
-             f'{name}: {slots} {what} slot(s) removed, the {grid}x{grid} '
-             'patch grid kept'))
 
 
-def strip_class_slot(conv: 'Conversion', request: 'Request') -> None:
-    """``pos_embed`` ``(1, 1 + g*g, C)`` -> ``(1, g*g, C)``.
-
-    The official MAE, DINO, iBOT, MoCo v3 and DINOv2 models add exactly one
-    position slot, the class token's; DINOv2's register tokens are inserted
-    after the position embedding and have none.
-    """
-    _slice_pos_embed(conv, 1, 'strip_class_slot', 'class-token')
-
-
-def _tokens(conv: 'Conversion', name: str) -> int:
-    """Number of tokens of the source's ``*name`` parameter (0 if none)."""
-    pattern = re.compile(rf'(?:^|\.){name}$')
-    for key, value in conv.source.items():
-        if pattern.search(key) and value.dim() == 3:
-            return int(value.shape[1])
-    return 0
-
-
-def strip_prefix_slots(conv: 'Conversion', request: 'Request') -> None:
-    """timm / mmpretrain: remove the class and register slots.
-
-    timm's ``pos_embed`` holds ``num_prefix_tokens`` slots (class token +
-    ``reg_token``) first, or none with ``no_embed_class`` (its DINOv2 ports
-    with registers); which one is read from the grid, which must be square.
-    """
-    from ..errors import ConversionError
+def note_prefix_slots(conv: 'Conversion', request: 'Request') -> None:
+    """timm / mmpretrain: refuse a ViT without ``pos_embed``; say so when
+    :data:`STRIP_PREFIX_SLOTS` kept it whole (timm ``no_embed_class``: no
+    slot for the class/register tokens)."""
     pos = conv.state_dict.get('pos_embed')
-    prefix = _tokens(conv, 'cls_token') + _tokens(conv, 'reg_token')
     if pos is None:
         raise ConversionError('no pos_embed in the checkpoint: not a ViT '
                               'with absolute position embeddings')
-    if prefix and _square(pos.shape[1] - prefix) is not None:
-        _slice_pos_embed(conv, prefix, 'strip_prefix_slots',
-                         'class/register-token')
-    elif _square(pos.shape[1]) is not None:
-        if prefix:
-            conv.notes.append(
-                f'pos_embed {list(pos.shape)} has no slot for the '
-                f'{prefix} class/register token(s) (timm no_embed_class): '
-                'kept as it is')
-    else:
-        raise ConversionError(
-            f'pos_embed {list(pos.shape)}: neither {pos.shape[1]} nor '
-            f'{pos.shape[1]} - {prefix} class/register slots is a square '
-            'patch grid')
+    prefix = _prefix_tokens(OpContext('pos_embed', source=conv.source))
+    if prefix and not any(c.key == 'pos_embed' for c in conv.changed):
+        conv.notes.append(
+            f'pos_embed {list(pos.shape)} has no slot for the '
+            f'{prefix} class/register token(s) (timm no_embed_class): '
+            'kept as it is')
 
 
 def check_block_chunks(conv: 'Conversion', request: 'Request') -> None:
@@ -258,7 +247,6 @@ def check_block_chunks(conv: 'Conversion', request: 'Request') -> None:
     models) pads chunk ``C`` with ``nn.Identity`` up to its first block, so
     ``N`` already is the flat index; the rules renamed to ``blocks.N``.
     """
-    from ..errors import ConversionError
     chunk_of: Dict[int, int] = {}
     for key in conv.source:
         m = re.match(r'^(?:backbone\.)?blocks\.(\d+)\.(\d+)\.', key)
@@ -318,7 +306,6 @@ def infer_vit(state_dict: Dict[str, Any]) -> Dict[str, Any]:
         ConversionError: Not one complete, consistent ViT (lists the
             missing, unexpected and mis-shaped tensors).
     """
-    from ..errors import ConversionError
     for key in ('patch_embed.proj.weight', 'pos_embed',
                 'blocks.0.mlp.fc1.weight', 'blocks.0.mlp.fc2.weight'):
         if key not in state_dict:
@@ -357,7 +344,6 @@ def infer_vit(state_dict: Dict[str, Any]) -> Dict[str, Any]:
                 qkv_bias='blocks.0.attn.qkv.bias' in state_dict,
                 layer_scale='blocks.0.ls1.gamma' in state_dict,
                 final_norm='norm.weight' in state_dict)
-    from ..convert import check_shapes  # torch: not at import
     check_shapes(state_dict, _expected_shapes(args, hidden, fc2_in, grid),
                  f'ViT (embed_dim={dim}, depth={depth}, patch_size={patch})')
     return args
@@ -473,7 +459,7 @@ VIT_FORMATS: Tuple[SourceFormat, ...] = (
         rules=MAE_RULES,
         sentinels=(r'^decoder_embed\.weight$', '^' + _QKV0,
                    r'^patch_embed\.proj\.weight$', r'^pos_embed$'),
-        containers=('model', ), surgery=(strip_class_slot, ),
+        containers=('model', ), surgery=(require_pos_embed, ),
         released=('checkpoint-799.pth', ),
         source='facebookresearch/mae: main_pretrain.py (util/misc.save_model) saves {model, optimizer, epoch, scaler, args}; models_mae.MaskedAutoencoderViT'),
     SourceFormat(
@@ -483,7 +469,7 @@ VIT_FORMATS: Tuple[SourceFormat, ...] = (
                    r'^(?:backbone\.)?blocks\.0\.(?:0\.)?ls1\.gamma$',
                    r'^(?:backbone\.)?patch_embed\.proj\.weight$',
                    r'^(?:backbone\.)?pos_embed$'),
-        containers=('teacher', ), surgery=(check_block_chunks, strip_class_slot),
+        containers=('teacher', ), surgery=(check_block_chunks, require_pos_embed),
         released=('dinov2_vits14_pretrain.pth', 'dinov2_vitb14_pretrain.pth',
                   'dinov2_vitl14_pretrain.pth', 'dinov2_vitg14_pretrain.pth',
                   'dinov2_vits14_reg4_pretrain.pth', 'dinov2_vitb14_reg4_pretrain.pth',
@@ -495,7 +481,7 @@ VIT_FORMATS: Tuple[SourceFormat, ...] = (
         sentinels=(_MODULE + r'head\.last_layer2\.weight_[gv]$',
                    _MODULE + r'head\.last_layer\.weight_[gv]$',
                    _MODULE + r'backbone\.' + _QKV0),
-        containers=('teacher', 'student'), surgery=(strip_class_slot, ),
+        containers=('teacher', 'student'), surgery=(require_pos_embed, ),
         released=('checkpoint.pth', ),
         source='bytedance/ibot: main_ibot.py saves {student, teacher, optimizer, epoch, args, ibot_loss[, fp16_scaler]}; the teacher head shares last_layer as last_layer2'),
     SourceFormat(
@@ -503,7 +489,7 @@ VIT_FORMATS: Tuple[SourceFormat, ...] = (
         rules=DINO_VIT_RULES,
         sentinels=(_MODULE + r'head\.last_layer\.weight_[gv]$',
                    _MODULE + r'backbone\.' + _QKV0),
-        containers=('teacher', 'student'), surgery=(strip_class_slot, ),
+        containers=('teacher', 'student'), surgery=(require_pos_embed, ),
         released=('dino_deitsmall16_pretrain_full_checkpoint.pth',
                   'dino_vitbase16_pretrain_full_checkpoint.pth',
                   'dino_deitsmall8_pretrain_full_checkpoint.pth'),
@@ -513,7 +499,7 @@ VIT_FORMATS: Tuple[SourceFormat, ...] = (
         rules=MOCOV3_VIT_RULES,
         sentinels=(_MODULE + r'base_encoder\.' + _QKV0,
                    _MODULE + r'base_encoder\.pos_embed$'),
-        surgery=(strip_class_slot, ),
+        surgery=(require_pos_embed, ),
         released=('vit-s-300ep.pth.tar', 'vit-b-300ep.pth.tar'),
         source='facebookresearch/moco-v3: main_moco.py saves {epoch, arch, state_dict, optimizer, scaler} of the DDP model'),
     SourceFormat(
@@ -521,13 +507,13 @@ VIT_FORMATS: Tuple[SourceFormat, ...] = (
         rules=MMPRETRAIN_VIT_RULES,
         sentinels=(r'^backbone\.layers\.0\.attn\.qkv\.weight$',
                    r'^backbone\.patch_embed\.projection\.weight$'),
-        surgery=(strip_prefix_slots, ),
+        surgery=(note_prefix_slots, ),
         source='open-mmlab/mmpretrain 1.x: MMEngine checkpoint {meta, state_dict, message_hub, optimizer, ...}; VisionTransformer / MAEViT / MoCoV3ViT'),
     SourceFormat(
         'timm_vit', 'vit', 'timm-layout ViT (timm, MAE/DINO/iBOT released backbones)',
         rules=TIMM_RULES,
         sentinels=('^' + _QKV0, r'^patch_embed\.proj\.weight$', r'^pos_embed$'),
-        containers=('model', 'state_dict'), surgery=(strip_prefix_slots, ),
+        containers=('model', 'state_dict'), surgery=(note_prefix_slots, ),
         released=('mae_pretrain_vit_base.pth', 'mae_pretrain_vit_large.pth',
                   'mae_pretrain_vit_huge.pth', 'dino_deitsmall16_pretrain.pth',
                   'dino_vitbase16_pretrain.pth', 'dino_deitsmall8_pretrain.pth',
