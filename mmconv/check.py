@@ -22,6 +22,12 @@ __all__ = ['check_config']
 def _build_model(config: str, cfg_options: Optional[dict]):
     """The model of ``config`` (custom imports and default scope applied),
     and the config."""
+    import warnings
+
+    # MMEngine imports pkg_resources, which setuptools 80 deprecates with a
+    # warning on every run; it is not the user's to act on
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
+                            category=UserWarning)
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
     if '::' in config:  # mmdet::mask_rcnn/... names a package's config
