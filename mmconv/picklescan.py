@@ -332,6 +332,18 @@ class _Scanner:
             self.globals[(module, name)] = node
         return node
 
+    def _memo(self, put: bool, idx: int, memo: Dict[int, Any]) -> None:
+        """LONG_BINPUT/PUT (``put``) or LONG_BINGET/GET of memo ``idx``."""
+        if put:
+            if not 0 <= idx < MAX_MEMO:
+                raise self._bad(f'memo index {idx} beyond {MAX_MEMO} '
+                                '(limit)')
+            memo[idx] = self._top()
+        elif idx not in memo:
+            raise self._bad('memo entry not found')
+        else:
+            self.stack.append(memo[idx])
+
     def _callee(self, item: Any) -> _Node:
         if type(item) is not _Node or item.kind != _GLOBAL:
             raise self._bad('call of something that is not a global')
@@ -532,15 +544,7 @@ class _Scanner:
                 self._take(pos, 4, end)
                 idx = unpack('<I', data, pos)[0]
                 pos += 4
-                if code == 0x72:
-                    if idx >= MAX_MEMO:
-                        raise self._bad(f'memo index {idx} beyond '
-                                        f'{MAX_MEMO} (limit)')
-                    memo[idx] = self._top()
-                else:
-                    if idx not in memo:
-                        raise self._bad('memo entry not found')
-                    stack.append(memo[idx])
+                self._memo(code == 0x72, idx, memo)
             elif code == 0x94:  # MEMOIZE
                 if len(memo) >= MAX_MEMO:
                     raise self._bad('memo beyond its limit')
@@ -765,15 +769,7 @@ class _Scanner:
             elif code in (0x70, 0x67):  # PUT, GET (text)
                 text, pos = self._line(pos, end, limit=32)
                 idx = self._int_text(text)
-                if code == 0x70:
-                    if not 0 <= idx < MAX_MEMO:
-                        raise self._bad(f'memo index {idx} beyond '
-                                        f'{MAX_MEMO} (limit)')
-                    memo[idx] = self._top()
-                else:
-                    if idx not in memo:
-                        raise self._bad('memo entry not found')
-                    stack.append(memo[idx])
+                self._memo(code == 0x70, idx, memo)
             elif code == 0x50:  # PERSID (text)
                 raise self._bad('text persistent id: not a torch.save file')
             elif code in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4
