@@ -33,7 +33,7 @@ from .picklescan import PickleRefused
 __all__ = ['SAFE_GLOBALS', 'PICKLE_ALLOWLIST', 'allowed_global',
            'safe_globals_context', 'RestrictedUnpickler',
            'HISTORY_STATISTICS', 'RefusedValue', 'MalformedValue',
-           'standin_error', 'admit_lazy']
+           'standin_error', 'admit_lazy', 'python3_name']
 
 
 class RefusedValue(PickleRefused, pickle.UnpicklingError):
@@ -598,16 +598,21 @@ def standin_error(err: BaseException) -> Optional[pickle.UnpicklingError]:
     return None
 
 
+def python3_name(module: str, name: str) -> Tuple[str, str]:
+    """``(module, name)`` of a pickle global as Python 3 names it
+    (protocol-2 pickles use Python 2 names)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler admitting only numpy arrays/dtypes/scalars (as validating
     stand-ins) and plain containers."""
 
     def find_class(self, module: str, name: str) -> Any:
         """Resolve a global only if it is on :data:`PICKLE_ALLOWLIST`."""
-        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol 2
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
+        module, name = python3_name(module, name)
         if (module, name) in PICKLE_ALLOWLIST:
             return allowed_global(module, name)
         raise pickle.UnpicklingError(

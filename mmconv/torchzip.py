@@ -28,7 +28,6 @@ compare the two. It never calls ``torch.load``:
 
 The legacy (pre-1.6, non-zip) format is not read here.
 """
-import _compat_pickle
 import io
 import os
 import pickle
@@ -39,6 +38,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from .allowlist import python3_name
 from .picklescan import (MAX_BROADCAST, PickleRefused, PickleRejected,
                          Scan, ScanRules, scan_pickle)
 
@@ -378,10 +378,7 @@ class _Unpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         """Resolve exact allowlisted names only."""
-        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol 2
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
+        module, name = python3_name(module, name)
         if (module, name) in _TORCH_GLOBALS:
             return _TORCH_GLOBALS[(module, name)]
         if module == 'torch' and name in _STORAGE_DTYPES:
