@@ -58,7 +58,9 @@ verify() {
 stamp() { [[ -f "$VENV/.mmconv-stack" ]] && cat "$VENV/.mmconv-stack" || true; }
 
 if [[ "$(stamp)" == "$STAMP_VERSION" ]]; then
-  # Already set up: only (re)install the project itself, in editable mode.
+  # Already set up: (re)install the project itself, in editable mode, and
+  # any test pin added since (a no-op when they are all satisfied).
+  "${PIP[@]}" install -q "${TEST_PINS[@]}" || fail "installing ${TEST_PINS[*]}"
   install_editable
   verify
   exit 0
