@@ -41,6 +41,8 @@ setup(
         'openmmlab': ['mmengine>=0.10'],
         'onedl': ['onedl-mmengine>=0.10'],
         'safetensors': ['safetensors'],
+        # hf://ORG/NAME sources (Hugging Face Hub, through its cache)
+        'hf': ['huggingface_hub', 'safetensors'],
         'tests': requirements('tests'),
         'reference': requirements('reference'),
     },

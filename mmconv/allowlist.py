@@ -1,22 +1,8 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""The one allowlist of objects a checkpoint may name, for every reader.
-
-``torch.load(weights_only=True)`` (through :func:`safe_globals_context`,
-only around mmconv's own loads, never process-wide), mmconv's restricted
-torch-zip reader (:mod:`mmconv.torchzip`) and the ``.pkl`` reader
-(:class:`RestrictedUnpickler`) all resolve pickle globals through
-:func:`allowed_global`.
-
-No numpy object is admitted as such: numpy's ``dtype.__setstate__`` and
-``ndarray.__setstate__`` trust the flags and sizes stored in the file (a
-dtype state with the object flag set turns file bytes into object
-pointers). The names numpy pickles use resolve to validating stand-ins that
-accept only plain numeric dtypes (bool, int8..int64, uint8..uint64,
-float16/32/64, complex64/128) and data of exactly the declared size, and
-rebuild the values with freshly made dtypes. Every stand-in class has a
-:class:`_Frozen` metaclass (a pickle ``BUILD`` applied to the class itself
-cannot replace its methods), and the stand-in functions are instances of
-such classes with no attributes.
+"""The one allowlist of objects a checkpoint may name, for every reader
+(``torch.load(weights_only=True)`` around mmconv's own loads, the torch-zip
+reader, the ``.pkl`` reader): :func:`allowed_global`. numpy and MMEngine
+names resolve to validating stand-ins (README "Safety").
 """
 import _compat_pickle
 import argparse

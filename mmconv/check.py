@@ -1,14 +1,7 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""``mmconv check CONFIG``: the dry run before an 8-GPU job.
-
-Builds the model of an MMDetection config without any data, fingerprints
-its random initialisation, runs the weight initialisation (every
-``Pretrained`` / ``SelfSupPretrained`` ``init_cfg``), applies
-``load_from`` / ``--checkpoint`` as training would (read with mmconv's safe
-loader), and reports per top-level module where the weights came from
-(:mod:`mmconv.provenance`, the table ``PretrainedLoadCheckHook`` logs).
-A module configured to load pretrained weights that still holds its random
-initialisation fails the check.
+"""``mmconv check CONFIG``: build a config's model without data, initialise it
+as training would and report where each module's weights came from (README
+"Checking a config before training"; the table is :mod:`mmconv.provenance`).
 """
 from typing import Optional, Sequence
 

@@ -1,18 +1,8 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""The ``mmconv`` command and its presets, the ``tools/model_converters``
-scripts.
-
-``mmconv convert|inspect|formats`` and every preset share one argument set
-built from the registry (:mod:`mmconv.formats`, read through the pipeline)
-and one pipeline (:mod:`mmconv.pipeline`); a preset only sets the
-description, the default ``--to`` and the choices it offers, and an alias
-of ``--from`` (``--selfsup`` for MMDetection's ``selfsup2mmdet.py``).
-Options that do not apply to a checkpoint are refused by the pipeline, the
-same way for every face (exit 2, one line). Exit codes: :mod:`mmconv.errors`.
-
-Only argparse, the registry and the pipeline (which imports no torch) are
-imported at start-up, so ``--help`` costs little more than starting Python;
-torch is imported when a command runs.
+"""The ``mmconv`` command and the presets behind ``tools/model_converters/*``:
+one argument set built from the registry and :data:`~mmconv.spec.OPTIONS`,
+one pipeline. Start-up imports no torch, so ``--help`` stays light. Usage
+and exit codes: README.
 """
 import argparse
 import json
@@ -21,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 from .errors import CheckFailedError, MMConvError, OutputError, UsageError
-from .pipeline import FAMILIES, FORMATS, TARGETS
+from .pipeline import FAMILIES, FORMATS, OPTIONS, TARGETS
 from .version import __version__
 
 __all__ = ['main', 'PRESETS', 'Preset', 'preset_main', 'build_parser']
@@ -106,29 +96,8 @@ def _add_source_arguments(parser: argparse.ArgumentParser,
         help='source format (default: auto-detect): ' + '; '.join(
             f'{n}={FORMATS[n].title.split(" (")[0]}' for n in names))
     parser.set_defaults(families=preset.families)
-    parser.add_argument('--select', choices=['teacher', 'student', 'ema'],
-                        help='network to take from teacher/student '
-                        "checkpoints such as DINO's (default: teacher), or "
-                        "'ema': the model_ema weights of a ConvNeXt training "
-                        'checkpoint (default: model)')
-    parser.add_argument('--prefix', help='convert only keys starting with '
-                        "PREFIX, stripped (e.g. 'backbone.')")
-    parser.add_argument('--style', choices=['auto', 'caffe', 'pytorch'],
-                        default='auto',
-                        help="ResNet: style of the source: 'caffe' = stride "
-                        "in the 1x1 conv (detectron2 STRIDE_IN_1X1: True, "
-                        "MSRA models), 'pytorch' = in the 3x3 (torchvision);"
-                        ' default: decided from the file and reported')
-    parser.add_argument('--keep-fc', action='store_true',
-                        help='ResNet: keep an ImageNet classifier (fc) in '
-                        'detectron2/torchvision output')
-    parser.add_argument('--keep-classes', action='store_true',
-                        help='DETR family: do not remap the 91/92 COCO-id '
-                        'classifier rows to 80 classes (non-COCO models)')
-    parser.add_argument('--window-size', type=int, metavar='N',
-                        help='Swin: window size of the target backbone; '
-                        'relative position tables are resized to it '
-                        "(bicubic, as MMDetection's SwinTransformer does)")
+    for option in OPTIONS.values():  # declared once, in spec.Request
+        parser.add_argument(option.flag, **option.argparse_kwargs())
     parser.add_argument('--unsafe-load', action='store_true',
                         help='allow arbitrary pickled objects in SRC: this '
                         'runs code from the file, use only for files you '
@@ -173,11 +142,9 @@ def _add_convert_arguments(parser: argparse.ArgumentParser,
 def _request(args: argparse.Namespace):
     """The :class:`~mmconv.pipeline.Request` the arguments describe."""
     from .pipeline import Request
-    return Request(format=args.fmt, target=args.to, select=args.select,
-                   prefix=args.prefix, style=args.style,
-                   keep_fc=args.keep_fc, keep_classes=args.keep_classes,
-                   window_size=args.window_size,
-                   families=tuple(args.families))
+    return Request(format=args.fmt, target=args.to,
+                   families=tuple(args.families),
+                   **{name: getattr(args, name) for name in OPTIONS})
 
 
 def _run(func: Callable[[argparse.Namespace], None],

@@ -1,37 +1,8 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Find the state dict inside a checkpoint object.
-
-Where each source keeps its weights (outermost entry first):
-
-=============  ==============================================================
-source         container
-=============  ==============================================================
-MoCo v1/v2/v3  ``checkpoint['state_dict']`` (DDP keys ``module.*``)
-SimSiam        ``checkpoint['state_dict']``
-SwAV           the checkpoint itself (released ``*.pth.tar``) or
-               ``checkpoint['state_dict']`` (training checkpoints)
-DenseCL        ``checkpoint['state_dict']`` (mmcv checkpoint)
-Barlow Twins   ``checkpoint['model']`` (training) or the file itself
-VICReg         ``checkpoint['model']`` (training) or the file itself
-DINO           ``checkpoint['teacher']`` (default) or ``checkpoint['student']``
-VISSL          ``checkpoint['classy_state_dict']['base_model']['model']
-               ['trunk']``
-mmpretrain     ``checkpoint['state_dict']`` (MMEngine checkpoint)
-MMDetection    ``checkpoint['state_dict']``
-torchvision    the file itself
-detectron2     ``checkpoint['model']`` (or the file itself)
-Detectron1     ``checkpoint['blobs']`` (``cfg`` and non-array blobs ignored)
-DETR family    ``checkpoint['model']``
-DINOv2         ``checkpoint['teacher']`` (``teacher_checkpoint.pth``), or
-               the ``teacher.`` (default) / ``student.`` keys of
-               ``checkpoint['model']`` (a consolidated ``SSLMetaArch``)
-ConvNeXt       ``checkpoint['model']`` (default) or ``checkpoint['model_ema']``
-               (``select='ema'``); FCMAE: ``checkpoint['model']``
-=============  ==============================================================
-
-Besides :data:`CONTAINER_KEYS`, every entry a registered format declares in
-``containers`` is searched (the registry, :data:`mmconv.spec.FORMATS`), so a
-new format's container needs no change here.
+"""Find the state dict inside a checkpoint object (:func:`unwrap`): the
+entries every registered format declares in ``containers``
+(:data:`mmconv.spec.FORMATS`) and :data:`CONTAINER_KEYS`; README's format
+tables say where each source keeps its weights.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -41,8 +12,8 @@ import torch
 from .errors import ConversionError, InputError
 from .spec import FORMATS
 
-__all__ = ['unwrap', 'Unwrapped', 'CONTAINER_KEYS', 'is_state_dict',
-           'take_prefix', 'container_keys']
+__all__ = ['unwrap', 'Unwrapped', 'Assembled', 'CONTAINER_KEYS',
+           'is_state_dict', 'take_prefix', 'container_keys']
 
 #: Entries searched, in this order, for a nested state dict.
 CONTAINER_KEYS: Tuple[str, ...] = ('state_dict', 'model', 'classy_state_dict',
@@ -53,6 +24,17 @@ SELECTABLE: Tuple[str, ...] = ('teacher', 'student')
 #: ``select`` values naming a top-level entry kept beside the default
 #: ``model`` (official ConvNeXt training checkpoints: ``model_ema``).
 ALTERNATIVES: Dict[str, str] = {'ema': 'model_ema'}
+
+
+class Assembled(dict):
+    """A checkpoint mmconv builds from what a source says about its weights
+    (a ``.safetensors`` file, a Hugging Face folder or ``hf://`` name):
+    ``{'state_dict': tensors, 'config': config.json, 'meta': metadata}``.
+
+    Its entries besides ``state_dict`` describe the weights (the formats
+    read them from ``Conversion.entries``): :func:`unwrap` never lists them
+    as not converted.
+    """
 
 
 @dataclass
@@ -164,7 +146,8 @@ def unwrap(checkpoint: Any, select: Optional[str] = None) -> Unwrapped:
                     obj = tensors
                 break
         prefix = '.'.join(path + [''])
-        ignored += [f'{prefix}{k}' for k in obj if k != key]
+        if not isinstance(obj, Assembled):
+            ignored += [f'{prefix}{k}' for k in obj if k != key]
         obj, path = obj[key], path + [key]
     if not is_state_dict(obj):
         raise InputError(_describe_missing_state_dict(checkpoint, obj, path))

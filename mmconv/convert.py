@@ -1,14 +1,11 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""The rename engine: apply an ordered rule table to a state dict.
+"""The rename engine: apply an ordered rule table and its ops to a state
+dict, recording every source tensor's fate in the report.
 
-Pure functions, no file I/O and no knowledge of any format: the tables
-live in :mod:`mmconv.formats` (read from the registry in
-:mod:`mmconv.spec`), the order of the steps in :mod:`mmconv.pipeline`.
-
-Invariants (detectron2's collision asserts): every source tensor is kept
-(possibly renamed), merged as an alias of an identical tensor kept under the
-same name, or listed as dropped with its reason; two different tensors never
-end up under one name.
+No I/O and no format knowledge: the tables are in :mod:`mmconv.formats`, the
+order of the steps in :mod:`mmconv.pipeline`. Every source tensor is kept,
+aliased to an identical kept one, or dropped with its reason; two different
+tensors never end up under one name.
 """
 import re
 from dataclasses import replace
@@ -17,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Pattern, Tuple, Union
 
 import torch
 
-from .errors import KeyCollisionError
+from .errors import ConversionError, KeyCollisionError
 from .report import ConversionReport, KeyRecord
 from .ops import OpContext
 from .spec import Rule, TensorChange, check_shapes, get_format
@@ -36,19 +33,24 @@ def _compiled(rules: Tuple[Rule, ...]) -> Tuple[_CompiledRule, ...]:
 
 def _match(key: str, rules: Tuple[Rule, ...], layout: str,
            options: Any = None
-           ) -> Tuple[Optional[str], str, Optional[Rule]]:
-    """``(new key or None, reason, the rule or None)`` for one key (a drop
-    rule whose ``unless`` option is set is skipped)."""
+           ) -> Tuple[Optional[Tuple[str, ...]], str, Optional[Rule],
+                      Optional[str]]:
+    """``(new keys or None, reason, the rule or None, merge part or None)``
+    for one key (a drop rule whose ``unless`` option is set is skipped)."""
     for pattern, rule in _compiled(rules):
-        if pattern.search(key):
+        found = pattern.search(key)
+        if found:
             if rule.replacement is None and rule.unless and \
                     getattr(options, rule.unless, False):
                 continue
             if rule.replacement is None:
-                return None, rule.reason, rule
-            return pattern.sub(rule.replacement, key, count=1), \
-                rule.reason, rule
-    return None, f'outside the {layout} layout', None
+                return None, rule.reason, rule, None
+            templates = (rule.replacement, ) if isinstance(
+                rule.replacement, str) else rule.replacement
+            news = tuple(pattern.sub(t, key, count=1) for t in templates)
+            return news, rule.reason, rule, \
+                found.group('part') if rule.parts else None
+    return None, f'outside the {layout} layout', None, None
 
 
 def rename_key(key: str, rules: Union[str, Tuple[Rule, ...]],
@@ -71,8 +73,8 @@ def rename_key(key: str, rules: Union[str, Tuple[Rule, ...]],
     """
     if isinstance(rules, str):
         layout, rules = rules, get_format(rules).rules
-    new, reason, _ = _match(key, rules, layout)
-    return new, reason
+    news, reason, _, _ = _match(key, rules, layout)
+    return (news[0] if news else None), reason
 
 
 def _ident(tensor: torch.Tensor) -> Tuple:
@@ -81,17 +83,22 @@ def _ident(tensor: torch.Tensor) -> Tuple:
             tensor.dtype)
 
 
-def _apply_ops(rule: Rule, tensor: torch.Tensor, ctx: OpContext,
-               cache: Dict[Tuple, Tuple[torch.Tensor, str]]
-               ) -> Tuple[torch.Tensor, str]:
-    """``rule.ops`` on ``tensor``: ``(result, what changed or '')``; one
-    result per source tensor and rule, so aliases stay one tensor."""
-    ident = (_ident(tensor), id(rule))
+def _apply_ops(rule: Rule, tensors: Tuple[torch.Tensor, ...],
+               ctx: OpContext, cache: Dict[Tuple, Tuple[Any, str]]
+               ) -> Tuple[Any, str]:
+    """``rule.ops`` on ``tensors`` (one, or a merge's parts): ``(result,
+    what changed or '')``; one result per source tensor(s) and rule, so
+    aliases stay one tensor."""
+    ident = (tuple(_ident(t) for t in tensors), id(rule))
     if ident not in cache:
-        after, what = tensor, []
+        after: Any = tensors[0] if len(tensors) == 1 else list(tensors)
+        what = []
         for op in rule.ops:
-            here = replace(ctx, input_shape=tuple(after.shape))
-            result = op([after], here)
+            shape = tuple(after.shape) if isinstance(after, torch.Tensor) \
+                else tuple(after[0].shape)
+            here = replace(ctx, input_shape=shape)
+            result = op(after if isinstance(after, (list, tuple))
+                        else [after], here)
             if result is not after:
                 what.append(op.describe(here))
             after = result
@@ -137,35 +144,81 @@ def apply_rules(state_dict: Mapping[str, torch.Tensor],
     Raises:
         KeyCollisionError: If two different tensors map to one key.
     """
-    out: Dict[str, torch.Tensor] = {}
+    out: Dict[str, Any] = {}
     source_of: Dict[str, str] = {}
-    cache: Dict[Tuple, Tuple[torch.Tensor, str]] = {}
-    for old, tensor in state_dict.items():
-        new, reason, rule = _match(old, rules, layout, options)
-        shape = tuple(tensor.shape)
-        what = ''
-        if new is not None and rule.ops and not (
-                rule.unless and getattr(options, rule.unless, False)):
-            ctx = OpContext(new, (old, ), state_dict if source is None
-                            else source)
-            tensor, what = _apply_ops(rule, tensor, ctx, cache)
-        if new is None:
-            report.dropped.append(KeyRecord(old, None, reason, shape))
-        elif new in out:
-            if not same_tensor(out[new], tensor):
-                raise KeyCollisionError(
-                    f'{source_of[new]!r} and {old!r} both become {new!r} '
-                    f'under the {layout} rules but hold different values; '
-                    f'the checkpoint is not a plain {layout} layout — check '
-                    'the format')
-            report.aliases.append(KeyRecord(old, new, reason, shape))
-        else:
-            out[new] = tensor
+    cache: Dict[Tuple, Tuple[Any, str]] = {}
+    # merges: output key -> (rule, {part: (source key, tensor)})
+    merges: Dict[str, Tuple[Rule, Dict[str, Tuple[str, torch.Tensor]]]] = {}
+    whole = state_dict if source is None else source
+
+    def keep(old: str, news: Tuple[str, ...], tensor: Any, what: str,
+             shape: Tuple[int, ...], reason: str) -> None:
+        results = tensor if isinstance(tensor, tuple) else \
+            (tensor, ) * len(news)
+        if len(results) != len(news):
+            raise ConversionError(
+                f'{old}: the ops give {len(results)} tensors for '
+                f'{len(news)} keys ({", ".join(news)})')
+        for i, (new, result) in enumerate(zip(news, results)):
+            if out.get(new) is not None:
+                if not same_tensor(out[new], result):
+                    raise KeyCollisionError(
+                        f'{source_of[new]!r} and {old!r} both become '
+                        f'{new!r} under the {layout} rules but hold '
+                        f'different values; the checkpoint is not a plain '
+                        f'{layout} layout — check the format')
+                report.aliases.append(KeyRecord(old, new, reason, shape))
+                continue
+            out[new] = result
             source_of[new] = old
-            report.kept.append(KeyRecord(old, new, reason, shape))
+            (report.kept if i == 0 else report.copies).append(
+                KeyRecord(old, new, reason, shape))
             if what and changes is not None:
-                changes.append(TensorChange(new, shape, tuple(tensor.shape),
-                                            what))
+                changes.append(TensorChange(new, shape,
+                                            tuple(result.shape), what))
+
+    for old, tensor in state_dict.items():
+        news, reason, rule, part = _match(old, rules, layout, options)
+        shape = tuple(tensor.shape)
+        if news is None:
+            report.dropped.append(KeyRecord(old, None, reason, shape))
+            continue
+        if part is not None:
+            slots = merges.setdefault(news[0], (rule, {}))[1]
+            if part in slots:
+                if not same_tensor(slots[part][1], tensor):
+                    raise KeyCollisionError(
+                        f'{slots[part][0]!r} and {old!r} are both the '
+                        f'{part} part of {news[0]!r} under the {layout} '
+                        'rules but hold different values; the checkpoint '
+                        f'is not a plain {layout} layout — check the format')
+                report.aliases.append(KeyRecord(old, news[0], reason, shape))
+                continue
+            slots[part] = (old, tensor)
+            out.setdefault(news[0], None)  # keeps the first part's place
+            continue
+        what = ''
+        if rule.ops and not (rule.unless and getattr(options, rule.unless,
+                                                     False)):
+            ctx = OpContext(news[0], (old, ), whole)
+            tensor, what = _apply_ops(rule, (tensor, ), ctx, cache)
+        keep(old, news, tensor, what, shape, reason)
+    for new, (rule, slots) in merges.items():
+        missing = [p for p in rule.parts if p not in slots]
+        if missing:
+            raise ConversionError(
+                f'{new}: the checkpoint has the {", ".join(slots)} '
+                f'part(s) but not {", ".join(missing)} '
+                f'({rule.reason}); it is not a complete {layout} layout')
+        olds = tuple(slots[p][0] for p in rule.parts)
+        tensors = tuple(slots[p][1] for p in rule.parts)
+        ctx = OpContext(new, olds, whole)
+        merged, what = _apply_ops(rule, tensors, ctx, cache)
+        shape = tuple(tensors[0].shape)
+        keep(olds[0], (new, ), merged, what, shape, rule.reason)
+        report.kept += [KeyRecord(old, new, rule.reason,
+                                  tuple(t.shape))
+                        for old, t in zip(olds[1:], tensors[1:])]
     return out
 
 
@@ -192,19 +245,34 @@ def chain_rules(state_dict: Dict[str, torch.Tensor],
     """
     second = ConversionReport(report.format, report.title)
     out = apply_rules(state_dict, rules, second, layout, **engine)
-    origin = {r.new: r for r in report.kept}
+    origin: Dict[str, List[Tuple[KeyRecord, bool]]] = {}
+    for record in report.kept + report.copies:
+        origin.setdefault(record.new, []).append(
+            (record, record in report.kept))
     mapped = {r.old: r.new for r in second.kept}
-    report.dropped += [KeyRecord(origin[r.old].old, None, r.reason, r.shape)
-                       for r in second.dropped if r.old in origin]
+    report.dropped += [KeyRecord(first.old, None, r.reason, r.shape)
+                       for r in second.dropped
+                       for first, is_kept in origin.get(r.old, ())
+                       if is_kept]
     report.dropped += [replace(r, new=None) for r in report.aliases
                        if r.new not in mapped]
     report.aliases = [replace(r, new=mapped[r.new]) for r in report.aliases
                       if r.new in mapped]
+    # two tensors the second table maps to one name: the later is an alias
+    report.aliases += [KeyRecord(first.old, r.new, first.reason, r.shape)
+                       for r in second.aliases
+                       for first, _ in origin.get(r.old, ())]
     # tensors surgery added (no source key, e.g. FrozenBN statistics) are
     # renamed with the rest but are not source records
-    report.kept = [KeyRecord(origin[r.old].old, r.new, origin[r.old].reason,
-                             r.shape) for r in second.kept
-                   if r.old in origin]
+    kept: List[KeyRecord] = []
+    copies: List[KeyRecord] = []
+    for records, second_kept in ((second.kept, True),
+                                 (second.copies, False)):
+        for r in records:
+            for first, is_kept in origin.get(r.old, ()):
+                (kept if is_kept and second_kept else copies).append(
+                    KeyRecord(first.old, r.new, first.reason, r.shape))
+    report.kept, report.copies = kept, copies
     return out
 
 
@@ -246,7 +314,8 @@ def derive(state_dict: Dict[str, torch.Tensor], rules: Tuple[Rule, ...],
             ctx = OpContext(new, (key, ), state_dict if source is None
                             else source)
             # one new tensor per key, even for aliases (no cache)
-            state_dict[new], _ = _apply_ops(rule, state_dict[key], ctx, {})
+            state_dict[new], _ = _apply_ops(rule, (state_dict[key], ), ctx,
+                                             {})
             added.append(new)
     return added
 
@@ -273,7 +342,7 @@ def refit(state_dict: Dict[str, torch.Tensor], rules: Tuple[Rule, ...],
             ctx = OpContext(key, (key, ), source or state_dict,
                             None if shapes is None else
                             tuple(shapes[key]) if key in shapes else None)
-            after, what = _apply_ops(rule, before, ctx, cache)
+            after, what = _apply_ops(rule, (before, ), ctx, cache)
             if after is not before:
                 state_dict[key] = after
                 changes.append(TensorChange(key, tuple(before.shape),

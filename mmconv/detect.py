@@ -1,13 +1,6 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Name a state dict's source format: one ranking over the whole registry.
-
-A format *matches* when every one of its sentinel regexes matches at least
-one key; among the matching formats the one with the most sentinels wins
-(a more specific declaration beats a more general one: ``torchvision``'s
-``fc.weight`` + ``conv1.weight`` beats ``mmdet``'s ``conv1.weight``). Two
-formats matching with the same rank are an error that lists both, never a
-silent choice by declaration order. The formats are read from the registry
-(:data:`mmconv.spec.FORMATS`), filled by :mod:`mmconv.pipeline`.
+"""Name a state dict's source format: one ranking over the whole registry
+(:func:`detect_format`; the formats are read from :data:`mmconv.spec.FORMATS`).
 """
 import re
 from dataclasses import dataclass
@@ -79,6 +72,11 @@ def detect_format(keys: Iterable[str],
                   family: Union[None, str, Sequence[str]] = None
                   ) -> Detection:
     """Detect the format of a state dict from its keys.
+
+    A format matches when each of its sentinel regexes matches a key; the
+    match with the most sentinels wins (``torchvision``'s ``fc.weight`` +
+    ``conv1.weight`` beats ``mmdet``'s ``conv1.weight``); a tie is an error
+    naming both, never a choice by declaration order.
 
     Args:
         keys: Keys of the unwrapped state dict.

@@ -1,16 +1,9 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Fetching checkpoints named by URL or MMEngine ``scheme://`` name.
-
-:func:`local_copy` makes any source a local file (nothing is unpickled
-while fetching); :func:`load_source` then reads it with
-:func:`mmconv.reading.load_file`.
-
-``http(s)://`` downloads are bounded and keyed by URL: each URL has its own
-cache entry (:func:`cache_path`), a download must finish within the size
-limit and with no silence longer than the timeout, it is written under a
-temporary name and enters the cache only once it is complete (the server's
-``Content-Length``, the optional sha256) and has been read successfully.
-A cached entry that fails to read is removed and downloaded afresh.
+"""Fetching checkpoints named by URL, ``hf://`` or MMEngine ``scheme://``
+name: :func:`local_copy` makes any source a local file or folder (nothing
+is unpickled while fetching), :func:`load_source` reads it
+(:func:`mmconv.hub.load_local`). Source forms, download limits and the
+per-URL cache: README "Source forms" and "Safety".
 """
 import hashlib
 import os
@@ -29,7 +22,7 @@ from urllib.parse import unquote, urldefrag, urlparse
 import torch
 
 from .errors import InputError, MMConvError, UnsafeCheckpointError, UsageError
-from .reading import load_file
+from .hub import hf_snapshot, is_hf_name, load_local
 
 __all__ = ['load_source', 'local_copy', 'is_remote', 'cache_path',
            'TIMEOUT_ENV', 'MAX_BYTES_ENV']
@@ -392,8 +385,17 @@ def _local_copy(name: str, progress: Optional[bool], sha256: Optional[str],
                 max_bytes: Optional[int]) -> Iterator[_Copy]:
     """:func:`local_copy`, yielding a :class:`_Copy`."""
     name, sha256 = _expected_sha256(os.fspath(name), sha256)
+    if is_hf_name(name):
+        if sha256:
+            raise UsageError(f'{name}: sha256 does not apply to hf:// names '
+                             '(huggingface_hub checks its files); drop it')
+        yield _Copy(hf_snapshot(name, progress), name)
+        return
     if not is_remote(name):
         path = os.path.expanduser(name)
+        if sha256 and os.path.isdir(path):
+            raise UsageError(f'{name}: sha256 does not apply to a '
+                             'directory; give it for a file')
         _check_sha256(path, name, sha256)
         yield _Copy(path, name)
         return
@@ -444,6 +446,9 @@ def local_copy(name: str, progress: Optional[bool] = None, *,
     """A local path holding the checkpoint ``name``; nothing is unpickled.
 
     * local paths (``~`` expanded) are used in place;
+    * ``hf://ORG/NAME[@REVISION]`` is the model's folder in huggingface_hub's
+      cache, with only ``config.json`` and the weights
+      (:func:`mmconv.hub.hf_snapshot`);
     * ``http(s)://`` URLs (and MMEngine's ``torchvision://``,
       ``open-mmlab://``, ``mmcls://`` names, resolved to their URLs) are
       downloaded once into the URL's own entry of torch's hub cache
@@ -459,10 +464,11 @@ def local_copy(name: str, progress: Optional[bool] = None, *,
       user backends).
 
     Args:
-        name (str): Path, URL or ``scheme://`` name; a remote name may end
-            with ``#sha256=<hex digest>``.
+        name (str): Path, URL, ``hf://`` or ``scheme://`` name; a URL or
+            scheme name may end with ``#sha256=<hex digest>``.
         progress (bool, optional): Show a download progress bar on standard
-            error. Defaults to whether standard error is a terminal.
+            error. Defaults to whether standard error is a terminal
+            (``hf://``: huggingface_hub's default).
         sha256 (str, optional): Expected sha256 of the file (hex; a prefix
             of at least 8 digits is enough). Defaults to the ``#sha256=``
             fragment, if any.
@@ -474,7 +480,8 @@ def local_copy(name: str, progress: Optional[bool] = None, *,
             suffixes allowed), else 16 GiB.
 
     Yields:
-        str: The local path (valid inside the ``with`` block).
+        str: The local path (valid inside the ``with`` block); a folder for
+        ``hf://`` names.
 
     Raises:
         InputError: The download failed, was cut (timeout, size limit,
@@ -490,18 +497,24 @@ def load_source(name: str, *, unsafe: bool = False,
                 sha256: Optional[str] = None,
                 timeout: Optional[float] = None,
                 max_bytes: Optional[int] = None) -> Any:
-    """Load a checkpoint given by path, URL or MMEngine ``scheme://`` name.
+    """Load a checkpoint given by path, folder, URL, ``hf://`` or MMEngine
+    ``scheme://`` name.
 
     Every source takes the same safe path: it is made local with
-    :func:`local_copy` (no code runs while fetching), then read by
-    :func:`load_file` (weights-only with mmconv's allowlist, memory-mapped).
+    :func:`local_copy` (no code runs while fetching), then every file of it
+    is read by :func:`~mmconv.reading.load_file` (weights-only with mmconv's
+    allowlist, memory-mapped). A Hugging Face folder (``save_pretrained``,
+    sharded or not) or ``hf://`` name is one checkpoint ``{'state_dict':
+    <all tensors, the files' own names>, 'config': <config.json, if any>,
+    'meta': ...}`` (:mod:`mmconv.hub`).
     Only ``unsafe=True`` lifts the allowlist, with a warning. A download
     enters the cache only once it has been read; a cached copy that cannot
     be read is removed and downloaded again, once.
 
     Args:
-        name (str): Path, ``http(s)://`` URL or ``scheme://`` name; a remote
-            name may end with ``#sha256=<hex digest>``.
+        name (str): Path (file or folder), ``http(s)://`` URL,
+            ``hf://ORG/NAME[@REVISION]`` or ``scheme://`` name; a URL or
+            scheme name may end with ``#sha256=<hex digest>``.
         unsafe (bool): Allow arbitrary pickles (trusted files only).
         warn (callable, optional): Receives the ``unsafe`` warning.
         progress, sha256, timeout, max_bytes: See :func:`local_copy`.
@@ -510,13 +523,15 @@ def load_source(name: str, *, unsafe: bool = False,
         The loaded object.
 
     Raises:
-        InputError: Missing/corrupt file, failed download, unknown name.
+        InputError: Missing/corrupt file, failed download, unknown name, a
+            folder that holds no checkpoint, inconsistent shards.
+        UsageError: Malformed ``hf://`` name; huggingface_hub missing.
         UnsafeCheckpointError: The file needs a global not on the allowlist.
     """
     name = os.fspath(name)
     with _local_copy(name, progress, sha256, timeout, max_bytes) as copy:
         if copy.path == os.path.expanduser(name):
-            return load_file(copy.path, unsafe=unsafe, warn=warn)
+            return load_local(copy.path, unsafe=unsafe, warn=warn)
         try:
             return _load_named(copy, unsafe, warn)
         except (InputError, UnsafeCheckpointError):
@@ -531,10 +546,10 @@ def load_source(name: str, *, unsafe: bool = False,
 
 def _load_named(copy: _Copy, unsafe: bool,
                 warn: Optional[Callable[[str], None]]) -> Any:
-    """:func:`load_file` on a local copy; its errors name the source, not
+    """:func:`load_local` on a local copy; its errors name the source, not
     the (temporary or cached) local copy."""
     try:
-        return load_file(copy.path, unsafe=unsafe, warn=warn)
+        return load_local(copy.path, unsafe=unsafe, warn=warn)
     except MMConvError as err:
         text = str(err).replace(copy.path, copy.name, 1)
         if copy.downloaded:

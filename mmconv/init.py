@@ -1,21 +1,8 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""``SelfSupPretrained``: load raw self-supervised checkpoints from a config.
-
-.. code-block:: python
-
-    custom_imports = dict(imports=['mmconv'], allow_failed_imports=False)
-    model = dict(backbone=dict(init_cfg=dict(
-        type='SelfSupPretrained',
-        checkpoint='moco_v2_800ep_pretrain.pth.tar')))
-
-The file is read by the safe loader (paths, URLs, MMEngine schemes), then
-either converted in memory by the command line's pipeline (any registered
-format, :mod:`mmconv.formats`) or, when it already is in the module's own
-layout, loaded as it is, exactly as MMEngine's ``Pretrained`` would; a load
-that leaves the module's tensors unset is an error, not a warning.
+"""``SelfSupPretrained``: load any checkpoint mmconv reads from a config's
+``init_cfg`` (README "Loading raw checkpoints from a config").
 """
 import functools
-import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -27,13 +14,16 @@ from .containers import take_prefix, unwrap
 from .convert import refit
 from .errors import ConversionError, MMConvError
 from .fetching import load_source
-from .pipeline import Conversion, Request, convert_state_dict
+from .pipeline import OPTIONS, Conversion, Request, convert_state_dict
 from .provenance import RECORD_ATTR, fingerprint, fingerprints_recorded
+from .verify import required_keys
 
 __all__ = ['SelfSupPretrainedInit', 'defer_to_initializer']
 
 #: ``init_cfg['type']`` values this module's initializer is registered as.
 _OWN_TYPES = ('SelfSupPretrained', 'SelfSupPretrainedInit')
+#: The options (``spec.Request`` fields) the initializer takes as keywords.
+_OPTION_KEYWORDS = tuple(n for n, o in OPTIONS.items() if o.initializer)
 
 
 def defer_to_initializer(cls: type) -> None:
@@ -105,33 +95,41 @@ class SelfSupPretrainedInit(PretrainedInit):
             formats``), converted or not, or in the module's own layout.
         method (str): Source format, or ``'auto'`` to detect it. Defaults
             to ``'auto'``.
-        select (str, optional): ``'teacher'`` (default) or ``'student'`` for
-            checkpoints holding both networks (DINO); ``'ema'`` for the
-            ``model_ema`` weights of a ConvNeXt training checkpoint.
-        prefix (str, optional): Use only the checkpoint keys under this
-            prefix, stripped (e.g. ``'backbone.'``). Defaults to None.
         map_location (str): Device for non-local loads. Defaults to 'cpu'.
         min_coverage (float): Fraction of the module's tensors (parameters
             and buffers, ``num_batches_tracked`` aside) that must come from
             the checkpoint; below it loading raises. Defaults to 1.0.
         unsafe_load (bool): Allow arbitrary pickled objects in the file (runs
             code from it; trusted files only). Defaults to False.
+        **options: The options declared ``initializer=True`` in
+            ``mmconv.spec.Request``: ``select`` (``'teacher'``, the
+            default, or ``'student'`` for checkpoints holding both
+            networks (DINO); ``'ema'`` for the ``model_ema`` weights of a
+            ConvNeXt training checkpoint) and ``prefix`` (use only the
+            checkpoint keys under it, stripped, e.g. ``'backbone.'``).
 
     Example:
         >>> init_cfg = dict(type='SelfSupPretrained', method='moco',
         ...                 checkpoint='moco_v2_800ep_pretrain.pth.tar')
     """
 
-    def __init__(self, checkpoint: str, method: str = 'auto',
-                 select: Optional[str] = None, prefix: Optional[str] = None,
+    def __init__(self, checkpoint: str, method: str = 'auto', *,
                  map_location: str = 'cpu', min_coverage: float = 1.0,
-                 unsafe_load: bool = False) -> None:
-        super().__init__(checkpoint, prefix=prefix, map_location=map_location)
+                 unsafe_load: bool = False, **options: Any) -> None:
+        unknown = [k for k in options if k not in _OPTION_KEYWORDS]
+        if unknown:
+            raise TypeError(f'{type(self).__name__}.__init__() got an '
+                            f'unexpected keyword argument {unknown[0]!r}')
+        options = {name: options.get(name, OPTIONS[name].default)
+                   for name in _OPTION_KEYWORDS}
+        super().__init__(checkpoint, prefix=options['prefix'],
+                         map_location=map_location)
         if not 0.0 <= min_coverage <= 1.0:
             raise ValueError(f'min_coverage must be in [0, 1], got '
                              f'{min_coverage}')
         self.method = method
-        self.select = select
+        for name, value in options.items():  # select, prefix
+            setattr(self, name, value)
         self.min_coverage = min_coverage
         self.unsafe_load = unsafe_load
         self.result: Optional[Conversion] = None
@@ -146,8 +144,7 @@ class SelfSupPretrainedInit(PretrainedInit):
             str(self.checkpoint), unsafe=self.unsafe_load,
             warn=lambda m: print_log(m, 'current', 30))
         own = module.state_dict()  # once: rebuilding it per key is O(n^2)
-        target = {k: v for k, v in own.items()
-                  if not k.endswith('num_batches_tracked')}
+        target = {k: own[k] for k in required_keys(None, own)}
         state_dict, how = self._choose(checkpoint, target)
         print_log(f'SelfSupPretrained: {self.checkpoint}: {how}',
                   logger='current')
@@ -185,13 +182,14 @@ class SelfSupPretrainedInit(PretrainedInit):
 
     def _never_pretrained(self, target: Dict[str, torch.Tensor],
                           state_dict: Dict[str, torch.Tensor]) -> List[str]:
-        """Module keys absent from the file that the source family declares
-        as never pre-trained (``Family.never_pretrained``)."""
+        """Module keys absent from the file that need not come from it
+        (:func:`mmconv.verify.required_keys`: the source family's
+        ``never_pretrained``)."""
         if self.result is None:
             return []
-        patterns = self.result.family.never_pretrained
-        return [k for k in target if k not in state_dict
-                and any(re.search(p, k) for p in patterns)]
+        required = set(required_keys(self.result.family, target))
+        return [k for k in target
+                if k not in state_dict and k not in required]
 
     @property
     def format_name(self) -> str:

@@ -1,18 +1,7 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Tensor operations a rule declares: the only way a conversion changes
-tensor values.
-
-An op is a frozen dataclass. ``op(tensors, ctx)`` takes the tensors the
-rule matched (one, or several for ops that merge) and returns the new
-tensor(s), never changing its inputs; returning the input object itself
-means "nothing to change" (no change is recorded). ``describe()`` is the
-line the report prints; ``reverse()`` is the op that undoes it, or None
-where the op loses information (rows dropped, tokens sliced, tables
-resampled). The engine (:mod:`mmconv.convert`) applies them and writes the
-one change record; formats only declare them.
-
-Compare transformers v5 ``ConversionOps`` (``Chunk``, ``Concatenate``,
-``PermuteForRope``, each with a ``reverse_op``).
+"""Tensor operations a rule declares (:class:`Op`): the only way a
+conversion changes tensor values. Formats declare them; the engine
+(:mod:`mmconv.convert`) applies them and records each change.
 """
 import math
 from dataclasses import dataclass, field
@@ -52,7 +41,17 @@ class OpContext:
 
 
 class Op:
-    """A declared tensor operation (see the module docstring)."""
+    """A declared tensor operation: a frozen dataclass.
+
+    ``op(tensors, ctx)`` takes the tensors the rule matched (one, or several
+    for ops that merge) and returns the new tensor(s), never changing its
+    inputs; returning the input object itself means "nothing to change" (no
+    change is recorded). ``describe()`` is the line the report prints;
+    ``reverse()`` the op that undoes it, or None where the op loses
+    information (rows dropped, tokens sliced, tables resampled). Compare
+    transformers v5 ``ConversionOps`` (``Chunk``, ``Concatenate``,
+    ``PermuteForRope``, each with a ``reverse_op``).
+    """
 
     #: how many input tensors it takes (0: any number >= 1)
     arity: int = 1
@@ -615,3 +614,214 @@ def apply(op: Op, *tensors: Any, key: str = 'tensor') -> Any:
     """``op`` on ``tensors`` with a minimal context."""
     return op(list(tensors), OpContext(key, (key, )))
 
+
+
+@dataclass(frozen=True)
+class ResampleGrid(Op):
+    """Resample a ``(1, g * g, C)`` patch-token position embedding to
+    another square grid, bicubic (``align_corners=False``), exactly as
+    :func:`mmconv.models.vit.interpolate_pos_embed` resizes it when the
+    ViTDet input differs from the pre-training grid (timm's
+    ``resample_abs_pos_embed`` and mmpretrain's ``resize_pos_embed`` do
+    the same when they load a checkpoint).
+
+    ``size`` None: the grid of the module it is loaded into
+    (``ctx.target_shape``), when that is ``(1, G * G, C)`` with the same
+    ``C``; anything else (other channels, a non-square grid, not a
+    position embedding) is left as it is, for the module's shape check to
+    refuse. Not reversible (resampling loses information).
+
+    Args:
+        size (int, optional): Grid side wanted.
+        what (str): Why, for the report (after the grids).
+    """
+
+    size: Optional[int] = None
+    what: str = ''
+
+    def _sides(self, pos: Any, ctx: OpContext
+               ) -> Optional[Tuple[int, int]]:
+        """``(source side, wanted side)``, or None to leave ``pos``."""
+        if pos.dim() != 3 or pos.shape[0] != 1:
+            return None
+        src = _square(pos.shape[1])
+        if self.size:
+            dst: Optional[int] = self.size
+        else:
+            want = ctx.target_shape
+            if want is None or len(want) != 3 or want[0] != 1 or \
+                    want[2] != pos.shape[2]:
+                return None
+            dst = _square(int(want[1]))
+        if src is None or dst is None or src == dst:
+            return None
+        return src, dst
+
+    def __call__(self, tensors, ctx):
+        import torch.nn.functional as F
+        pos = _one(tensors)
+        sides = self._sides(pos, ctx)
+        if sides is None:
+            return pos
+        src, dst = sides
+        channels = pos.shape[2]
+        grid = pos.reshape(1, src, src, channels).permute(0, 3, 1, 2)
+        if grid.element_size() < 4 or not grid.is_floating_point():
+            grid = grid.float()  # 16-bit: bicubic in float32
+        grid = F.interpolate(grid, size=(dst, dst), mode='bicubic',
+                             align_corners=False)
+        return grid.permute(0, 2, 3, 1).reshape(
+            1, dst * dst, channels).to(pos.dtype).contiguous()
+
+    def describe(self, ctx: Optional['OpContext'] = None) -> str:
+        grids = ''
+        if ctx is not None and ctx.input_shape is not None and \
+                len(ctx.input_shape) == 3:
+            src = _square(int(ctx.input_shape[1]))
+            want = self.size or (
+                _square(int(ctx.target_shape[1])) if ctx.target_shape
+                and len(ctx.target_shape) == 3 else None)
+            grids = f' {src}x{src} -> {want}x{want} patch grid,'
+        what = self.what or ('as ViTDet resizes it at run time (timm / '
+                             'mmpretrain do it at load time)')
+        return (f'resample_pos_embed:{grids} bicubic, align_corners=False, '
+                f'{what}')
+
+
+__all__.append('ResampleGrid')
+
+
+@dataclass(frozen=True)
+class ZeroPart(Op):
+    """Zero part ``index`` of ``parts`` equal parts along ``dim`` (the K
+    third of a fused ``qkv`` bias that DINOv3 masks out with its
+    ``bias_mask`` buffer: its effective value is zero). The input is
+    returned as it is when that part is zero already. Not reversible (the
+    stored values are lost).
+
+    Args:
+        index (int): The part zeroed.
+        parts (int): Equal parts along ``dim``.
+        dim (int): Dimension. Defaults to 0.
+        what (str): For the report.
+    """
+
+    index: int
+    parts: int
+    dim: int = 0
+    what: str = ''
+
+    def __call__(self, tensors, ctx):
+        tensor = _one(tensors)
+        size = tensor.shape[self.dim]
+        if size % self.parts:
+            raise ConversionError(
+                f'{ctx.key}: {size} rows do not split into {self.parts} '
+                f'equal parts along dim {self.dim}')
+        step = size // self.parts
+        part = tensor.narrow(self.dim, self.index * step, step)
+        if not bool(part.any()):
+            return tensor
+        out = tensor.clone()
+        out.narrow(self.dim, self.index * step, step).zero_()
+        return out
+
+    def describe(self, ctx: Optional['OpContext'] = None) -> str:
+        return self.what or (f'part {self.index} of {self.parts} along dim '
+                             f'{self.dim} set to zero')
+
+
+@dataclass(frozen=True)
+class ConcatenateWithZeros(Op):
+    """Concatenate the matched tensors along ``dim`` with a zero block of
+    the same shape inserted at position ``at`` (separate ``q`` and ``v``
+    biases -> fused ``[q; 0; v]`` ``qkv`` bias, the key bias being zero).
+    Not reversible here (the zero block is dropped by a split).
+
+    Args:
+        at (int): Position of the zero block among the outputs' blocks.
+        dim (int): Dimension. Defaults to 0.
+        what (str): For the report.
+    """
+
+    at: int = 1
+    dim: int = 0
+    what: str = ''
+    arity = 0
+
+    def __call__(self, tensors, ctx):
+        import torch
+        parts = list(tensors) if isinstance(tensors, (list, tuple)) \
+            else [tensors]
+        shapes = {tuple(t.shape) for t in parts}
+        if len(shapes) != 1:
+            raise ConversionError(
+                f'{ctx.key}: parts of shapes {sorted(shapes)} cannot be '
+                'concatenated with a zero block of one shape')
+        parts.insert(self.at, torch.zeros_like(parts[0]))
+        return torch.cat(parts, self.dim)
+
+    def describe(self, ctx: Optional['OpContext'] = None) -> str:
+        return self.what or (f'concatenated along dim {self.dim} with a '
+                             f'zero block at position {self.at}')
+
+
+@dataclass(frozen=True)
+class ZeroBias(Op):
+    """A zero bias ``(rows,)`` for a ``(rows, ...)`` weight (a layout that
+    stores no bias where the model has one that is zero: timm's DINOv3
+    without q/v bias). Used in a format's ``derive`` rules; not
+    reversible (the bias is dropped)."""
+
+    what: str = ''
+
+    def __call__(self, tensors, ctx):
+        import torch
+        weight = _one(tensors)
+        return torch.zeros(weight.shape[0], dtype=weight.dtype,
+                           device=weight.device)
+
+    def describe(self, ctx: Optional['OpContext'] = None) -> str:
+        return self.what or 'zero bias'
+
+
+@dataclass(frozen=True)
+class FitsTarget(Op):
+    """A check of a converted tensor against the module it is loaded into
+    (``ctx.target_shape``, a family's ``fit`` rules): refuse when the
+    module has no such tensor (``missing``) or another shape
+    (``mismatch``), in one line. Never changes the tensor.
+
+    Args:
+        missing (str): Error when the module lacks the key; ``{key}`` and
+            ``{shape}`` (the tensor's) are filled in; empty: allowed.
+        mismatch (str): Error on another shape; ``{key}``, ``{shape}``
+            and ``{target}`` are filled in.
+        allow_zero (bool): A module without the key is fine when the
+            tensor is all zeros (nothing is lost, e.g. a zero bias).
+    """
+
+    missing: str = '{key} {shape} is not in the model'
+    mismatch: str = '{key} {shape} vs {target} in the model'
+    allow_zero: bool = False
+
+    def __call__(self, tensors, ctx):
+        tensor = _one(tensors)
+        shape = list(tensor.shape)
+        if ctx.target_shape is None:
+            if not self.missing:
+                return tensor
+            if self.allow_zero and not bool(tensor.any()):
+                return tensor
+            raise ConversionError(self.missing.format(key=ctx.key,
+                                                      shape=shape))
+        if tuple(ctx.target_shape) != tuple(tensor.shape):
+            raise ConversionError(self.mismatch.format(
+                key=ctx.key, shape=shape, target=list(ctx.target_shape)))
+        return tensor
+
+    def describe(self, ctx: Optional['OpContext'] = None) -> str:
+        return 'checked against the model'
+
+
+__all__ += ['ZeroPart', 'ConcatenateWithZeros', 'ZeroBias', 'FitsTarget']

@@ -1,39 +1,8 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""A static pre-scan of pickle bytes, run before any unpickler.
-
-Every pickle mmconv reads without ``--unsafe-load`` (``data.pkl`` of a torch
-zip, the pickles of a legacy torch file, a ``.pkl``) is walked opcode by
-opcode here first, simulating only the shape of the unpickler's stack: no
-object is made and nothing is imported beyond the allowlist lookups. What
-the unpicklers themselves do not bound is refused before they run:
-
-* more than :data:`MAX_OPCODES` opcodes or memo slots beyond
-  :data:`MAX_MEMO`; declared string/frame lengths beyond the data; integers
-  longer than :data:`MAX_INT_BYTES`; out-of-band buffers, extension codes,
-  text persistent ids;
-* nesting deeper than :data:`MAX_DEPTH`, an object whose unfolded size
-  (every node counted once per path that reaches it, as a walk over it
-  would) exceeds :data:`MAX_UNFOLDED`, self-references: sizes are computed
-  over the final graph, since a container can be filled after it is
-  referenced ("billion laughs" of shared lists, shared tuples as keys);
-* a dict key or set member of more than :data:`MAX_KEY_NODES` nodes
-  (hashing and comparing it would unfold it at every insertion);
-* a global the reader's allowlist does not admit (``Unsupported global``);
-* a persistent id other than torch's ``('storage', <storage type>, key,
-  location, numel)`` with a CPU or accelerator location (not ``meta``);
-* arguments of admitted objects that would allocate or change more than
-  the file holds: tensor views outside their storage, numpy shapes beyond
-  their data, structured or singleton numpy dtypes, non-``latin1``
-  ``_codecs.encode``, backward hooks or ``Parameter`` state;
-* ``BUILD`` on anything but an instance just made from a class (never on a
-  class or function, a shared object, or twice), and state keys that would
-  shadow attributes of the class.
-
-:func:`scan_pickle` raises :class:`PickleRejected` (a :class:`ValueError`:
-the file is corrupt, oversized or inconsistent; exit 3),
-:class:`PickleRefused` (it would change shared objects; exit 4) or
-:class:`pickle.UnpicklingError` ``Unsupported global: GLOBAL module.name``
-(exit 4, as the unpicklers word it).
+"""A static pre-scan of pickle bytes, run before any unpickler
+(:func:`scan_pickle`): it simulates the shape of the unpickler's stack,
+makes no object and refuses what the unpicklers do not bound (the ``MAX_*``
+limits below; README "Safety" lists the checks).
 """
 import _compat_pickle
 import codecs

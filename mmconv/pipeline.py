@@ -1,21 +1,12 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""The one conversion pipeline every face uses.
+"""The one conversion pipeline every face (command line,
+``SelfSupPretrained``, load-check hook) uses: load once -> unwrap -> detect
+-> rename and ops -> surgery and checks -> one :class:`Conversion` -> one
+output builder -> one atomic writer (:func:`convert_state_dict`,
+:func:`convert_file`).
 
-load once -> unwrap -> detect -> rename (format table, then its second
-table, then the tensors it derives) -> surgery (format, family) -> target
-table (the family's rules for the target, then the target's) -> target
-surgery -> invariants -> one :class:`Conversion` -> one output builder ->
-one atomic writer.
-
-The command line, ``SelfSupPretrained``, the load-check hook and
-``inspect`` all call this module; nothing here knows a particular format:
-the declarations are in :mod:`mmconv.formats`, and this is the one module
-that imports them, which fills the registry (``FORMATS``, ``FAMILIES``,
-``TARGETS``, re-exported here for the faces). Importing it imports no
-torch: the engine modules that do are imported by the first conversion.
-
->>> conv = convert_checkpoint(load_source(path))          # doctest: +SKIP
->>> conv.state_dict, print(conv.summary())                # doctest: +SKIP
+The only importer of :mod:`mmconv.formats`, which fills the registry
+(re-exported here for the faces); importing it imports no torch.
 """
 import os
 from dataclasses import dataclass, replace
@@ -39,18 +30,24 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ['Request', 'Conversion', 'Written', 'convert_checkpoint',
            'convert_state_dict', 'build_output', 'convert_file',
            'load_and_convert', 'load_unwrapped', 'FAMILIES', 'FORMATS',
-           'TARGETS']
+           'TARGETS', 'OPTIONS']
 
 
-def _check_options(request: Request, family: Family, target: Target) -> None:
+def _check_options(request: Request, fmt: SourceFormat, family: Family,
+                   target: Target) -> None:
     """Refuse options and targets that do not apply (exit 2, one line)."""
-    if target.name not in family.targets:
+    if target.format_rules and target.rules_for(fmt.name) is None:
+        raise UsageError(
+            f'--to {target.name} applies to '
+            f'{", ".join(n for n, _ in target.format_rules)} checkpoints '
+            f'only, not {fmt.name}: drop --to {target.name}')
+    if target.name not in family.targets and not target.format_rules:
         raise UsageError(
             f'{family.title} checkpoints convert to '
             f'{", ".join(family.targets)} only: drop --to {target.name}')
     for name in request.given():
         if name not in family.options:
-            raise UsageError(f'{OPTIONS[name]} does not apply to '
+            raise UsageError(f'{OPTIONS[name].flag} does not apply to '
                              f'{family.title} checkpoints: drop it')
 
 
@@ -85,6 +82,18 @@ def _resolve(keys: List[str], request: Request
     return get_format(detection.name), f'detected: {detection.reason}'
 
 
+def _check_strict(fmt: SourceFormat, report: ConversionReport) -> None:
+    """Refuse tensors outside a strict format's layout."""
+    outside = [r.old for r in report.dropped
+               if r.reason.startswith('outside the ')]
+    if fmt.strict and outside:
+        raise ConversionError(
+            f'{len(outside)} tensors are outside the {fmt.title} layout '
+            f'(first: {", ".join(map(repr, outside[:4]))}): the '
+            'checkpoint is a variant with no MMDetection equivalent, or '
+            f'not {fmt.name}')
+
+
 def _as_request(request: Union[str, Request], options: Dict[str, Any]
                 ) -> Request:
     """``'moco'`` / ``Request(...)`` plus keyword options -> Request."""
@@ -117,6 +126,7 @@ def convert_state_dict(unwrapped: Union['Unwrapped', Mapping[str, Any]],
     """
     from .containers import Unwrapped
     from .convert import apply_rules, chain_rules, derive, refit
+    from .verify import verify
     request = _as_request(request, options)
     if not isinstance(unwrapped, Unwrapped):
         unwrapped = Unwrapped(dict(unwrapped))
@@ -125,24 +135,24 @@ def convert_state_dict(unwrapped: Union['Unwrapped', Mapping[str, Any]],
     fmt, how = _resolve(keys, request)
     family = FAMILIES[fmt.family]
     target = get_target(request.target or family.default_target)
-    _check_options(request, family, target)
+    _check_options(request, fmt, family, target)
+    direct = target.rules_for(fmt.name)
     report = ConversionReport(fmt.name, fmt.title, detection=how,
                               where=unwrapped.where,
                               ignored_entries=list(unwrapped.ignored))
     try:
         changes: List[TensorChange] = []
         engine = dict(options=request, changes=changes, source=sd)
-        out = apply_rules(sd, fmt.rules, report, fmt.name, **engine)
+        out = apply_rules(sd, fmt.rules if direct is None else direct,
+                          report, fmt.name, **engine)
+        if direct is not None:  # straight to the target: nothing else
+            _check_strict(fmt, report)
+            return Conversion(out, report, fmt, family, target, request,
+                              entries=entries or {}, source=sd,
+                              changed=changes)
         if fmt.then:
             out = chain_rules(out, fmt.then, report, fmt.name, **engine)
-        outside = [r.old for r in report.dropped
-                   if r.reason.startswith('outside the ')]
-        if fmt.strict and outside:
-            raise ConversionError(
-                f'{len(outside)} tensors are outside the {fmt.title} layout '
-                f'(first: {", ".join(map(repr, outside[:4]))}): the '
-                'checkpoint is a variant with no MMDetection equivalent, or '
-                f'not {fmt.name}')
+        _check_strict(fmt, report)
         if not out:
             first = ', '.join(repr(k) for k in keys[:3])
             raise ConversionError(
@@ -161,7 +171,10 @@ def convert_state_dict(unwrapped: Union['Unwrapped', Mapping[str, Any]],
         if value is not None:
             refit(conv.state_dict, fit.rules, conv.changed,
                   fit.shapes(conv.state_dict, value))
-    for step in fmt.surgery + family.finish:
+    for step in fmt.surgery:
+        step(conv, request)
+    verify(conv)  # against the family's target module, names and shapes
+    for step in family.finish:
         step(conv, request)
     to_target = family.rules_to(target.name) + target.rules
     if to_target:
@@ -210,7 +223,7 @@ def _check_prefix_applies(keys: List[str], request: Request) -> None:
         return  # the prefix is there to find the part that is known
     family = FAMILIES[fmt.family]
     if 'prefix' not in family.options:
-        raise UsageError(f'{OPTIONS["prefix"]} does not apply to '
+        raise UsageError(f'{OPTIONS["prefix"].flag} does not apply to '
                          f'{family.title} checkpoints: drop it')
 
 

@@ -1,15 +1,8 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Where a model's weights came from: the table shared by
-``PretrainedLoadCheckHook`` (during training) and ``mmconv check`` (a dry
-run before it).
-
-Every parameter is fingerprinted (exact bytes) at its random
-initialisation and again after the weights are initialised and any
-``load_from``/resume file is applied; per top-level module the table counts
-parameters, those that changed, and those bit-identical to the checkpoint
-that is supposed to have provided them: the configured ``Pretrained`` /
-``SelfSupPretrained`` file, or the loaded/resumed file, which then takes
-precedence (its weights overwrite the pre-training file's).
+"""Where a model's weights came from: the per-module table (fingerprints of
+the random initialisation against the initialised weights and the file that
+should have provided them) shared by ``PretrainedLoadCheckHook`` and
+``mmconv check`` (README "Checking a config before training").
 """
 import hashlib
 from dataclasses import dataclass, field

@@ -17,14 +17,15 @@ import stat
 import struct
 import warnings
 import zipfile
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .allowlist import (RefusedValue, RestrictedUnpickler, admit_lazy,
                         allowed_global, safe_globals_context, standin_error)
-from .errors import InputError, UnsafeCheckpointError
+from .containers import Assembled
+from .errors import InputError, UnsafeCheckpointError, UsageError
 from .picklescan import (PickleRefused, ScanRules, scan_legacy_torch,
                          scan_pickle)
 
@@ -184,17 +185,23 @@ def _load_pickle(path: str, unsafe: bool) -> Any:
             raise _corrupt(path, err) from None
 
 
-def _load_safetensors(path: str) -> Dict[str, Any]:
-    """Load a ``.safetensors`` file as ``{'state_dict': ..., 'meta': ...}``."""
-    from safetensors import SafetensorError, safe_open
+def _load_safetensors(path: str) -> Assembled:
+    """Load a ``.safetensors`` file as ``{'state_dict': ..., 'meta': ...}``
+    (the tensors memory-mapped; ``meta``: the header's metadata)."""
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError:
+        raise UsageError(f'{path}: reading .safetensors needs the '
+                         "safetensors package; pip install "
+                         "'mmconv[safetensors]'") from None
     try:
         with safe_open(path, framework='pt', device='cpu') as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
-    return {'state_dict': tensors,
-            'meta': {k: _from_json(v) for k, v in meta.items()}}
+    return Assembled(state_dict=tensors,
+                     meta={k: _from_json(v) for k, v in meta.items()})
 
 
 def _from_json(value: str) -> Any:

@@ -1,24 +1,9 @@
 # Copyright (c) mmconv contributors. All rights reserved.
 """Registration with MMEngine, at the cost of ``mmengine.registry`` only,
-and only once MMEngine is in use.
-
-``SelfSupPretrained`` (weight initializer) and ``PretrainedLoadCheckHook``
-(hook) are registered as small factories that import their implementation
-(torch, ``mmengine.model``, ``mmengine.hooks``) when a config first builds
-them; the MMDetection modules of :mod:`mmconv.models` (``ViTDet``,
-``SimpleFPN``) are imported, which registers them, once ``mmdet.registry``
-is; and MMEngine's ``CheckpointLoader`` reads local files and URLs with
-mmconv's safe reader (:func:`load_from_mmconv`) once
-``mmengine.runner.checkpoint`` is imported, so ``Pretrained``,
-``load_from`` and ``resume`` are weights-only everywhere and read
-``.safetensors``; the classes a family declares ``self_loading`` (their
-own ``init_weights`` reads ``init_cfg['checkpoint']`` itself) run
-``SelfSupPretrained`` once their module is imported.
-:func:`register_with_mmengine` does each at once when the module is already
-imported (``custom_imports`` in a config) and otherwise as soon as it is,
-so ``import mmconv`` and the command lines never import MMEngine or
-MMDetection just to register. torch's process-wide weights-only allowlist is
-never changed: only mmconv's own loads use mmconv's allowlist.
+and only once MMEngine is in use: ``SelfSupPretrained``, the load-check
+hook, the MMDetection modules of :mod:`mmconv.models`, mmconv's safe reader
+in MMEngine's ``CheckpointLoader`` and the families' ``self_loading``
+classes (:func:`register_with_mmengine`; README "Safety").
 """
 import importlib.abc
 import importlib.util
@@ -52,7 +37,7 @@ def _register() -> None:
 
 #: MMEngine ``CheckpointLoader`` schemes mmconv's safe reader replaces.
 SAFE_SCHEMES = ('', 'http://', 'https://', 'torchvision://', 'modelzoo://',
-                'open-mmlab://', 'openmmlab://')
+                'open-mmlab://', 'openmmlab://', 'hf://')
 
 
 def load_from_mmconv(filename, map_location=None):
@@ -79,10 +64,30 @@ def _register_models() -> None:
     importlib.import_module('mmconv.models')
 
 
+def _guard_mmpretrain_multimodal() -> None:
+    """mmpretrain 1.2 imports its BLIP models whenever transformers>=4.28
+    is installed, with names transformers 4.5x/5.x no longer has
+    (``modeling_utils.apply_chunking_to_forward``): ``mmpretrain.models``
+    then fails to import at all. Where that import would fail, mark the
+    multimodal extra as missing, as mmpretrain does without transformers
+    (its multimodal models become placeholders that say what to install).
+    """
+    dependency = sys.modules['mmpretrain.utils.dependency']
+    if not getattr(dependency, 'WITH_MULTIMODAL', False):
+        return
+    try:
+        from transformers.modeling_utils import (  # noqa: F401
+            PreTrainedModel, apply_chunking_to_forward,
+            find_pruneable_heads_and_indices, prune_linear_layer)
+    except ImportError:
+        dependency.WITH_MULTIMODAL = False
+
+
 #: registry module -> what to run once it is imported
 _WHEN_IMPORTED = {'mmengine.registry': _register,
                   'mmengine.runner.checkpoint': _register_loaders,
-                  'mmdet.registry': _register_models}
+                  'mmdet.registry': _register_models,
+                  'mmpretrain.utils.dependency': _guard_mmpretrain_multimodal}
 
 
 def _defer_self_loading(module_name: str):

@@ -1,11 +1,58 @@
 # Copyright (c) mmconv contributors. All rights reserved.
 """What a conversion did to every key, for people and for ``meta``."""
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from .arch import ResNetCheck
+__all__ = ['KeyRecord', 'ModuleCheck', 'ConversionReport']
 
-__all__ = ['KeyRecord', 'ConversionReport']
+
+@dataclass
+class ModuleCheck:
+    """How a result compares with the module it is loaded into (built by
+    :mod:`mmconv.verify`).
+
+    Attributes:
+        what (str | None): The architecture the weights imply (``'ResNet-50
+            backbone'``); None when they imply none.
+        args (dict): The module's constructor arguments (``{'depth': 50}``).
+        missing (list[str]): Module keys that must come from the file and
+            are absent.
+        unexpected (list[str]): Keys the module does not have.
+        mismatched (list[str]): ``'key [shape] (expected [shape])'``.
+        unchecked (str): Why the module could not be built (its package is
+            not installed); empty when it was compared.
+        unknown (str): The description when ``what`` is None.
+    """
+
+    what: Optional[str]
+    args: Dict[str, Any] = field(default_factory=dict)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[str] = field(default_factory=list)
+    unchecked: str = ''
+    unknown: str = ''
+
+    @property
+    def complete(self) -> bool:
+        """Whether the module was compared and every tensor it needs is
+        there, with its shape, and nothing else."""
+        return self.what is not None and not self.unchecked and not (
+            self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        """One line for reports."""
+        if self.what is None:
+            return self.unknown or 'architecture not recognised'
+        if self.unchecked:
+            return f'{self.what} (not verified: {self.unchecked})'
+        if self.complete:
+            return f'complete {self.what}'
+        parts = [f'{len(items)} {name} (first: {", ".join(items[:3])})'
+                 for name, items in (('missing', self.missing),
+                                     ('unexpected', self.unexpected),
+                                     ('mis-shaped', self.mismatched))
+                 if items]
+        return f'INCOMPLETE {self.what}: ' + '; '.join(parts)
 
 
 @dataclass(frozen=True)
@@ -40,7 +87,10 @@ class ConversionReport:
         dropped (list[KeyRecord]): Tensors not written, with the reason.
         aliases (list[KeyRecord]): Source keys naming a tensor already kept
             under ``new`` (one tensor registered under several names).
-        backbone (ResNetCheck | None): Comparison with a ResNet key set.
+        copies (list[KeyRecord]): Further output keys of a kept source
+            tensor written under several names (a tuple replacement).
+        backbone (ModuleCheck | None): Comparison with the backbone module
+            (ResNet families; :mod:`mmconv.verify`).
     """
 
     format: str
@@ -51,7 +101,8 @@ class ConversionReport:
     kept: List[KeyRecord] = field(default_factory=list)
     dropped: List[KeyRecord] = field(default_factory=list)
     aliases: List[KeyRecord] = field(default_factory=list)
-    backbone: Optional[ResNetCheck] = None
+    copies: List[KeyRecord] = field(default_factory=list)
+    backbone: Optional[ModuleCheck] = None
 
     @property
     def mapping(self) -> Dict[str, str]:
@@ -80,7 +131,9 @@ class ConversionReport:
             f'kept:     {len(self.kept)} tensors '
             f'({len(self.renamed)} renamed'
             + (f', {len(self.aliases)} aliases merged' if self.aliases
-               else '') + ')',
+               else '')
+            + (f', {len(self.copies)} copies' if self.copies else '')
+            + ')',
             f'dropped:  {len(self.dropped)} tensors',
         ]
         lines += [f'          {n:5d}  {reason}'
@@ -94,6 +147,7 @@ class ConversionReport:
         lines = [f'{r.old} -> {r.new}' for r in self.kept]
         lines += [f'{r.old} -> {r.new} (alias of the same tensor)'
                   for r in self.aliases]
+        lines += [f'{r.old} -> {r.new} (copy)' for r in self.copies]
         lines += [f'{r.old} -> (dropped: {r.reason})' for r in self.dropped]
         return '\n'.join(lines)
 
@@ -107,4 +161,5 @@ class ConversionReport:
             'num_aliases': len(self.aliases),
             'dropped_by_reason': self.dropped_by_reason(),
             'backbone': self.backbone.describe() if self.backbone else '',
+            **({'num_copies': len(self.copies)} if self.copies else {}),
         }

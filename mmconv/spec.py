@@ -1,35 +1,13 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""What a checkpoint format, a family and a target *are*, and the one
-registry that holds them.
+"""What a source format, a family, a target and an option are (frozen
+declarations), the request and result of a conversion, and the one registry.
 
-Three kinds of declaration, each a frozen dataclass registered here by the
-modules of :mod:`mmconv.formats` (adding a family = one new module there):
-
-* :class:`SourceFormat`: one layout as its authors save it: where the
-  weights sit (``containers``), the keys that identify it (``sentinels``),
-  its ordered rename table (``rules``: ``(regex, replacement or None to
-  drop, reason)``, first match wins) and its tensor surgery as named
-  callables beside the table.
-* :class:`Family`: what the formats of one architecture share: the options
-  that apply to them, the surgery every conversion of the family ends with
-  (checks of the result, decisions such as a ResNet's style) and its
-  default target.
-* :class:`Target`: an output layout (MMDetection, detectron2,
-  torchvision): its own rename table from a family's canonical names and
-  how the output object is built. A family lists the targets it converts
-  to, so a new family needs no change to any target.
-
-What the surgery of a declaration receives and checks is here too: the
-:class:`Request` that asked for a conversion, the :class:`Conversion` it
-changes, and :func:`check_shapes`.
-
-The registry is filled by importing :mod:`mmconv.formats`, which only
-:mod:`mmconv.pipeline` does; the engine reads it from here. Nothing here
-imports torch, so the command line's ``--help`` stays light.
+:mod:`mmconv.formats` fills the registry (only :mod:`mmconv.pipeline`
+imports it); README "Layout" says how to add a family. Imports no torch.
 """
-from dataclasses import dataclass, field
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List,
-                    Mapping, NamedTuple, Optional, Tuple)
+from dataclasses import dataclass, field, fields
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator,
+                    List, Mapping, NamedTuple, Optional, Tuple, Union)
 
 from .errors import ConversionError, UnknownFormatError, UsageError
 from .report import ConversionReport
@@ -41,7 +19,8 @@ __all__ = [
     'Rule', 'Surgery', 'SourceFormat', 'Family', 'Target', 'FORMATS',
     'FAMILIES', 'TARGETS', 'OPTIONS', 'register', 'unregister', 'get_format',
     'get_target', 'format_names', 'target_names', 'Request', 'Conversion',
-    'check_shapes', 'TensorChange', 'OptionFit'
+    'check_shapes', 'TensorChange', 'OptionFit', 'TargetModule', 'Option',
+    'option', 'check_config'
 ]
 
 
@@ -66,14 +45,23 @@ class Rule(NamedTuple):
             templates of a rule written with :func:`mmconv.reverse.rename`
             (what :func:`mmconv.reverse.reverse_rules` reads); None: not
             reversible.
+        parts (tuple[str]): Merge several source keys into one: the
+            values of the pattern's named group ``part`` in output order
+            (``('query', 'key', 'value')``); the engine hands the ops all
+            of them at once (:class:`~mmconv.ops.Concatenate`).
+
+    A tuple ``replacement`` writes one source tensor under several keys:
+    output ``i`` gets result ``i`` of ops that split (``Chunk``), else
+    every output gets the one result (a head saved once, used per layer).
     """
 
     pattern: str
-    replacement: Optional[str]
+    replacement: Union[None, str, Tuple[str, ...]]
     reason: str
     ops: Tuple[Any, ...] = ()
     unless: Optional[str] = None
     template: Optional[Tuple[str, str]] = None
+    parts: Tuple[str, ...] = ()
 
 
 class TensorChange(NamedTuple):
@@ -112,13 +100,85 @@ class OptionFit(NamedTuple):
                      Dict[str, Tuple[int, ...]]]
 
 
-#: Options a family may take (``Family.options``), with the command-line
-#: flag that names them in errors.
-OPTIONS: Dict[str, str] = {
-    'select': '--select', 'prefix': '--prefix', 'style': '--style',
-    'keep_fc': '--keep-fc', 'keep_classes': '--keep-classes',
-    'window_size': '--window-size',
-}
+class TargetModule(NamedTuple):
+    """The module a family's results are loaded into: :mod:`mmconv.verify`
+    builds it on the meta device with the arguments the weights imply and
+    compares its state dict's names and shapes with the result.
+
+    Attributes:
+        type (str): ``'package.module:Class'`` (imported when a conversion
+            is verified, never before).
+        kwargs (callable): ``kwargs(state_dict) -> dict``: the constructor
+            arguments the converted tensors imply (raises
+            :class:`~mmconv.errors.ConversionError` when they imply none);
+            None: the architecture is not recognised (``unknown``).
+        what (callable): ``what(kwargs) -> str``: the architecture, for
+            messages (``'ResNet-50 backbone'``).
+        strict (bool): Refuse a result that differs from the module
+            (:class:`~mmconv.errors.ConversionError`); False records the
+            comparison in ``report.backbone`` (a ResNet backbone, the
+            backbone of a detector).
+        prefix (str): Result keys under it (stripped) are the module's.
+        exclude (str): Regex of result keys (after ``prefix``) that are not
+            the module's (a ResNet's ImageNet classifier).
+        unknown (str): ``report.backbone`` text when ``kwargs`` gives None.
+    """
+
+    type: str
+    kwargs: Callable[[Dict[str, 'torch.Tensor']], Optional[Dict[str, Any]]]
+    what: Callable[[Dict[str, Any]], str]
+    strict: bool = True
+    prefix: str = ''
+    exclude: str = ''
+    unknown: str = ''
+
+
+class Option(NamedTuple):
+    """A conversion option, declared once as a :class:`Request` field
+    (:func:`option`); the command-line flags, ``SelfSupPretrained``'s
+    keywords and the refusal of an option a family does not take
+    (``Family.options``) are derived from it (:data:`OPTIONS`).
+
+    Attributes:
+        name (str): The :class:`Request` field (and keyword).
+        flag (str): Command-line flag, also named in errors.
+        help (str): ``--help`` text.
+        default: The field's default (``False``: a switch).
+        choices (tuple[str], optional): Accepted values.
+        type (callable, optional): Converts the command-line string.
+        metavar (str, optional): Placeholder in ``--help``.
+        initializer (bool): ``SelfSupPretrained`` takes it as a keyword.
+    """
+
+    name: str
+    flag: str
+    help: str
+    default: Any = None
+    choices: Optional[Tuple[str, ...]] = None
+    type: Optional[Callable[[str], Any]] = None
+    metavar: Optional[str] = None
+    initializer: bool = False
+
+    def argparse_kwargs(self) -> Dict[str, Any]:
+        """``parser.add_argument(option.flag, **option.argparse_kwargs())``."""
+        if self.default is False:  # a switch
+            return dict(dest=self.name, action='store_true', help=self.help)
+        extra = dict(choices=self.choices, type=self.type,
+                     metavar=self.metavar)
+        return dict(dest=self.name, default=self.default, help=self.help,
+                    **{k: v for k, v in extra.items() if v is not None})
+
+    def families(self) -> Tuple[str, ...]:
+        """The registered families that take it (``Family.options``)."""
+        return tuple(f.name for f in FAMILIES.values()
+                     if self.name in f.options)
+
+
+def option(flag: str, help: str, default: Any = None, **kwargs: Any) -> Any:
+    """A :class:`Request` field that is an :class:`Option` (``kwargs``:
+    its other attributes)."""
+    return field(default=default,
+                 metadata={'option': dict(flag=flag, help=help, **kwargs)})
 
 
 @dataclass(frozen=True)
@@ -191,7 +251,10 @@ class Family:
             matches is dropped as outside the target's layout.
         never_pretrained (tuple[str]): Regexes of target-module keys no
             pre-trained checkpoint of the family has (ViTDet's relative
-            position tables): ``SelfSupPretrained`` leaves them at their
+            position tables): they need not come from the file
+            (:func:`mmconv.verify.required_keys`, which the verification,
+            ``SelfSupPretrained``, the load-check hook and ``mmconv check``
+            read); ``SelfSupPretrained`` leaves them at their
             initialisation, lists them, and does not count them against
             ``min_coverage``.
         fit (tuple[Rule]): Rules whose ops adapt a result to the tensor
@@ -202,6 +265,10 @@ class Family:
             would).
         fit_options (tuple[OptionFit]): Options that ask for other tensor
             shapes (Swin ``--window-size``), applied by the pipeline.
+        module (TargetModule, optional): The module the results are
+            loaded into, which :mod:`mmconv.verify` builds to check them
+            (names and shapes; ``never_pretrained`` keys need not be in the
+            file).
         self_loading (tuple[str]): ``'module:Class'`` of target modules
             whose own ``init_weights`` loads ``init_cfg['checkpoint']``
             itself whatever the initializer type (MMDetection's
@@ -220,6 +287,7 @@ class Family:
     fit: Tuple[Rule, ...] = ()
     self_loading: Tuple[str, ...] = ()
     fit_options: Tuple[OptionFit, ...] = field(default=(), compare=False)
+    module: Optional[TargetModule] = field(default=None, compare=False)
 
     @property
     def default_target(self) -> str:
@@ -246,6 +314,11 @@ class Target:
         file_format (str): ``'pytorch'`` (or safetensors by extension) or
             ``'pkl'`` (numpy arrays, detectron2).
         suffix (str, optional): Required extension of the output file.
+        format_rules (tuple[tuple[str, tuple[Rule]]]): ``(format name,
+            rules)``: tables that convert those source formats straight
+            to this target, in place of the format's rules and the
+            family's steps (detrex: what its own converters write); the
+            target then applies to those formats only.
     """
 
     name: str
@@ -256,6 +329,11 @@ class Target:
         default=None, compare=False)
     file_format: str = 'pytorch'
     suffix: Optional[str] = None
+    format_rules: Tuple[Tuple[str, Tuple[Rule, ...]], ...] = ()
+
+    def rules_for(self, fmt: str) -> Optional[Tuple[Rule, ...]]:
+        """The direct table for source format ``fmt``, or None."""
+        return dict(self.format_rules).get(fmt)
 
 
 #: Every source format, in registration order.
@@ -287,6 +365,11 @@ def register(*declarations: Any) -> None:
         if isinstance(item, SourceFormat) and item.family not in FAMILIES:
             raise ValueError(f'format {item.name!r}: register family '
                              f'{item.family!r} first')
+        unknown = [o for o in getattr(item, 'options', ())
+                   if o not in OPTIONS]
+        if unknown:
+            raise ValueError(f'family {item.name!r}: unknown options '
+                             f'{unknown}; declare them in Request')
         table[item.name] = item
 
 
@@ -346,34 +429,51 @@ class Request:
     Attributes:
         format (str): Source format name or ``'auto'``.
         target (str, optional): Output layout; None: the family's default.
-        select (str, optional): ``'teacher'``/``'student'`` network, or
-            ``'ema'`` (``model_ema`` of ConvNeXt training checkpoints).
-        prefix (str, optional): Convert only keys under this prefix.
-        style (str): ResNet style, ``'auto'``/``'caffe'``/``'pytorch'``.
-        keep_fc (bool): Keep an ImageNet classifier (detectron2/torchvision).
-        keep_classes (bool): Do not remap DETR classifier rows.
-        window_size (int, optional): Window of the target (Swin): relative
-            position tables are resized to it.
         families (tuple[str]): Consider only these families' formats in
             auto-detection (a converter script's scope); empty: all.
+
+    The other fields are the options (:data:`OPTIONS`), each declared here
+    once with its flag and help (:func:`option`).
     """
 
     format: str = 'auto'
     target: Optional[str] = None
-    select: Optional[str] = None
-    prefix: Optional[str] = None
-    style: str = 'auto'
-    keep_fc: bool = False
-    keep_classes: bool = False
-    window_size: Optional[int] = None
+    select: Optional[str] = option(
+        '--select', 'network to take from teacher/student checkpoints such '
+        "as DINO's (default: teacher), or 'ema': the model_ema weights of a "
+        'ConvNeXt training checkpoint (default: model)',
+        choices=('teacher', 'student', 'ema'), initializer=True)
+    prefix: Optional[str] = option(
+        '--prefix', "convert only keys starting with PREFIX, stripped (e.g. "
+        "'backbone.')", initializer=True)
+    style: str = option(
+        '--style', "ResNet: style of the source: 'caffe' = stride in the 1x1 "
+        'conv (detectron2 STRIDE_IN_1X1: True, MSRA models), '
+        "'pytorch' = in the 3x3 (torchvision); default: decided from the "
+        'file and reported', 'auto', choices=('auto', 'caffe', 'pytorch'))
+    keep_fc: bool = option(
+        '--keep-fc', 'ResNet: keep an ImageNet classifier (fc) in '
+        'detectron2/torchvision output', False)
+    keep_classes: bool = option(
+        '--keep-classes', 'DETR family: do not remap the 91/92 COCO-id '
+        'classifier rows to 80 classes (non-COCO models)', False)
+    window_size: Optional[int] = option(
+        '--window-size', 'Swin: window size of the target backbone; '
+        'relative position tables are resized to it (bicubic, as '
+        "MMDetection's SwinTransformer does)", type=int, metavar='N')
     families: Tuple[str, ...] = ()
 
     def given(self) -> List[str]:
         """Names (keys of :data:`OPTIONS`) of the options set to something
         other than their default."""
-        defaults = Request()
-        return [name for name in OPTIONS
-                if getattr(self, name) != getattr(defaults, name)]
+        return [name for name, opt in OPTIONS.items()
+                if getattr(self, name) != opt.default]
+
+
+#: Every option, by :class:`Request` field name, in declaration order.
+OPTIONS: Dict[str, Option] = {
+    f.name: Option(f.name, default=f.default, **f.metadata['option'])
+    for f in fields(Request) if 'option' in f.metadata}
 
 
 @dataclass
@@ -468,3 +568,22 @@ def check_shapes(state_dict: Mapping[str, 'torch.Tensor'],
                                 ('mis-shaped', wrong)) if items]
         raise ConversionError(f'not a consistent {what}: ' +
                               '; '.join(parts))
+
+
+def check_config(facts: Iterable[Tuple[str, Any, Any]]) -> None:
+    """Refuse a ``config.json`` that disagrees with the weights beside it.
+
+    Args:
+        facts (Iterable): ``(field, what config.json says, what the weights
+            have)`` triples; equal pairs pass.
+
+    Raises:
+        ConversionError: One line naming every field that differs.
+    """
+    wrong = [f'{name}={said} but the weights have {has}'
+             for name, said, has in facts if said != has]
+    if wrong:
+        raise ConversionError(
+            'config.json does not describe the weights beside it ('
+            + '; '.join(wrong) + '): use the folder as saved by '
+            'save_pretrained, or convert the weight file alone')

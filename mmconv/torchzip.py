@@ -1,32 +1,8 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""mmconv's own restricted reader of the ``torch.save`` zip format.
-
-Used where ``torch.load(weights_only=True)`` is not a safety boundary
-(torch < 2.6, CVE-2025-32434), and on request (``reader='mmconv'``) to
-compare the two. It never calls ``torch.load``:
-
-* the zip is opened with :mod:`zipfile` only to find the records
-  (``<archive>/data.pkl``, ``<archive>/data/<key>``, ``byteorder``); torch
-  writes them uncompressed and 64-byte aligned, so each storage is a slice
-  of one private (copy-on-write) memory map of the file, its own storage
-  object, exactly as ``torch.load(mmap=True)`` makes them: only the tensors
-  that are used are read from disk, and saving one writes only its record;
-* ``data.pkl`` is unpickled by a :class:`pickle.Unpickler` whose
-  ``find_class`` resolves exact ``(module, name)`` pairs only: torch's tensor
-  rebuild functions (replaced by validating equivalents here), the storage
-  classes and dtypes, ``torch.Size``, ``collections.OrderedDict`` and the
-  allowlist of :mod:`mmconv.allowlist` (numpy arrays/scalars,
-  ``argparse.Namespace``, MMEngine's ``HistoryBuffer``); anything else is
-  refused as ``Unsupported global: GLOBAL module.name``, like torch does;
-* every tensor is checked to lie inside its own record (a crafted file can
-  neither run code nor read past its storage);
-* before any of this, :func:`check_torch_zip` (which ``torch.load`` gets in
-  front of it too) checks the zip directory and each storage's record, and
-  :mod:`mmconv.picklescan` scans ``data.pkl`` for what an unpickler does
-  not bound (nesting, shared references, declared sizes, BUILD on shared
-  objects).
-
-The legacy (pre-1.6, non-zip) format is not read here.
+"""mmconv's own restricted reader of the ``torch.save`` zip format, used where
+``torch.load(weights_only=True)`` is not a safety boundary (torch < 2.6,
+CVE-2025-32434) or on request (``reader='mmconv'``), and the zip check
+(:func:`check_torch_zip`) both paths run (README "Safety").
 """
 import io
 import os

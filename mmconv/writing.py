@@ -1,13 +1,7 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Atomic, no-replace writing of converted checkpoints.
-
-The output goes to a temporary ``.DST.<random>.part`` file in the
-destination directory, flushed and fsynced, then put in place in one step:
-without ``force`` a no-replace hard link (or ``renameat2(RENAME_NOREPLACE)``)
-that fails if DST appeared meanwhile; with ``force`` a rename over it (the
-last writer wins). An interrupted write leaves the previous destination (or
-none), never a truncated file; every OS error becomes an
-:class:`~mmconv.errors.OutputError` (exit 6) and removes the temporary file.
+"""Atomic, no-replace writing of converted checkpoints (README "Errors": a
+temporary file, then one no-replace link, or a rename with ``force``; any OS
+error is an :class:`~mmconv.errors.OutputError` and leaves nothing behind).
 """
 import ctypes
 import errno

@@ -11,6 +11,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# before anything imports mmpretrain: mmconv guards mmpretrain 1.2's
+# multimodal import, which fails with the transformers the tests use
+import mmconv  # noqa: E402,F401
+
 if os.environ.get('PYTEST_XDIST_WORKER'):
     # one pytest-xdist worker per CPU (pytest.ini): one thread each, or
     # the workers' intra-op thread pools fight over the same cores

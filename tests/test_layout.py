@@ -40,15 +40,17 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ('base', ('errors', 'version', 'stack')),
     # what a conversion is declared with and what it produces: the
     # declarations and their registry, requests and results (``spec``, the
-    # ``report`` records), the key sets results are checked against
-    # (``arch``), the op library (``ops``, where there is one), rules written
-    # to be read both ways (``reverse``: format modules build tables with it)
-    ('spec', ('spec', 'report', 'arch', 'ops', 'reverse')),
+    # ``report`` records), the op library (``ops``, where there is one),
+    # rules written to be read both ways (``reverse``: format modules build
+    # tables with it)
+    ('spec', ('spec', 'report', 'ops', 'reverse')),
     # take formats from the registry in ``spec``, never from
     # ``mmconv.formats``: rename, detect, containers; the file I/O; the
-    # MMDetection modules mmconv adds
+    # MMDetection modules mmconv adds; the check of a result against its
+    # target module (``verify``)
     ('engine', ('convert', 'detect', 'containers', 'allowlist', 'reading',
-                'fetching', 'writing', 'torchzip', 'picklescan', 'models')),
+                'fetching', 'hub', 'dcp', 'writing', 'torchzip',
+                'picklescan', 'models', 'verify')),
     # declarations only (see DECLARATIONS_MAY_IMPORT)
     ('formats', ('formats', )),
     # the one module that imports ``mmconv.formats`` (fills the registry)

@@ -11,15 +11,20 @@ from mmconv.pipeline import convert_checkpoint
 from tests.fixtures.sources import SOURCES
 
 
+#: Formats registered only to be recognised and refused with their reason
+#: (``facts['not_supported']``: RT-DETR, which MMDetection 3.3 lacks).
+REFUSED = {n for n, f in FORMATS.items() if f.facts.get('not_supported')}
+
+
 def test_every_registered_format_has_a_source_builder():
     """A format added to the registry without a test source fails here."""
-    assert set(SOURCES) == set(FORMATS)
+    assert set(SOURCES) == set(FORMATS) - REFUSED
     for fmt in FORMATS.values():
         assert fmt.family in FAMILIES and fmt.sentinels, fmt.name
         assert all(t in TARGETS for t in FAMILIES[fmt.family].targets)
 
 
-@pytest.mark.parametrize('name', list(FORMATS))
+@pytest.mark.parametrize('name', [n for n in FORMATS if n not in REFUSED])
 def test_format_round_trip(name):
     """Build the source layout, auto-detect it (uniquely), convert, load
     strictly into the target; every kept tensor equals its source tensor

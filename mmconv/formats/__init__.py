@@ -42,6 +42,8 @@ register(MMDET)
 from . import resnet, selfsup, detectron2, detr, vit  # noqa: E402,F401,I001
 from . import convnext  # noqa: E402,F401,I001
 from . import swin  # noqa: E402,F401,I001
+from . import detrex  # noqa: E402,F401,I001
+from . import dinov3  # noqa: E402,F401,I001
 
 
 __all__ = [

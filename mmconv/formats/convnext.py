@@ -40,6 +40,14 @@ format                  layout (as the official code saves it)
 ``mmpretrain_convnext`` mmpretrain ConvNeXt classifiers (``backbone.*``,
                         ``head.*``; the file MMDetection's own config loads),
                         MMDetection backbones and mmconv's own output
+``hf_convnext``         Hugging Face transformers ``ConvNextModel`` /
+                        ``ConvNextForImageClassification`` (``convnext.``
+                        prefix): ``embeddings``, ``encoder.stages.N.
+                        {downsampling_layer, layers.M}``,
+                        ``layer_scale_parameter``, final ``layernorm``
+``hf_convnextv2``       Hugging Face transformers ``ConvNextV2Model`` / ``..
+                        ForImageClassification``: as ``hf_convnext`` with
+                        GRN ``weight`` / ``bias`` ``[1, 1, 1, C]``
 ======================  =======================================================
 
 What the conversion does besides renaming (the report lists every tensor),
@@ -68,10 +76,12 @@ each an op of :mod:`mmconv.ops` declared on the rules it applies to:
   counterpart in any ConvNeXt checkpoint and keep their initialisation
   (:attr:`~mmconv.spec.Family.never_pretrained`), as does ``norm3`` for
   FCMAE, which has no final norm;
-* the family step :func:`convnext_architecture` checks that the result is
-  one complete, consistent ConvNeXt and records the ``mmpretrain.ConvNeXt``
-  arguments the weights imply (``meta['convnext']``, the ``convnext:``
-  summary line, the config hints).
+* the result is checked against ``mmpretrain.ConvNeXt`` itself
+  (:data:`CONVNEXT_MODULE`, built by :mod:`mmconv.verify` with the
+  arguments the weights imply); the family step
+  :func:`convnext_architecture` records those arguments
+  (``meta['convnext']``, the ``convnext:`` summary line, the config
+  hints).
 
 Official training checkpoints hold the EMA weights beside the model ones
 (``model_ema``): the ``model`` weights are converted (what the official
@@ -84,7 +94,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import ConversionError
 from ..ops import DensifySparseKernel, Flatten, ToVector
 from ..spec import (Conversion, Family, Request, Rule, SourceFormat,
-                    check_shapes, register)
+                    TargetModule, check_config, register)
 
 __all__ = [
     'CONVNEXT_FAMILY', 'CONVNEXT_FORMATS', 'ARCH_SETTINGS',
@@ -221,8 +231,9 @@ def infer_convnext(state_dict: Dict[str, Any]) -> Dict[str, Any]:
         for official files, all for MMDetection backbones).
 
     Raises:
-        ConversionError: Not one complete, consistent ConvNeXt (lists the
-            missing, unexpected and mis-shaped tensors).
+        ConversionError: The tensors the arguments are read from are
+            missing (the rest is checked against ``mmpretrain.ConvNeXt``
+            itself, :data:`CONVNEXT_MODULE`).
     """
     stem = state_dict.get('downsample_layers.0.0.weight')
     if stem is None or stem.dim() != 4:
@@ -265,49 +276,7 @@ def infer_convnext(state_dict: Dict[str, Any]) -> Dict[str, Any]:
         layer_scale='stages.0.0.gamma' in state_dict,
         final_norm=f'norm{len(stages) - 1}.weight' in state_dict,
         norms=[i for i in stages if f'norm{i}.weight' in state_dict])
-    check_shapes(state_dict, _expected_shapes(args),
-                 f'ConvNeXt (depths={depths}, channels={channels})')
     return args
-
-
-def _expected_shapes(args: Dict[str, Any]) -> Dict[str, Tuple[int, ...]]:
-    """Every tensor of the mmpretrain ConvNeXt ``args`` describe (of the
-    output norms ``norm0`` ... only those in the file: ``args['norms']``)."""
-    ch, p, k = args['channels'], args['stem_patch_size'], args['kernel_size']
-    out: Dict[str, Tuple[int, ...]] = {
-        'downsample_layers.0.0.weight': (ch[0], args['in_channels'], p, p),
-        'downsample_layers.0.0.bias': (ch[0], ),
-        'downsample_layers.0.1.weight': (ch[0], ),
-        'downsample_layers.0.1.bias': (ch[0], ),
-    }
-    for i, (depth, c) in enumerate(zip(args['depths'], ch)):
-        if i:
-            d = f'downsample_layers.{i}.'
-            out.update({d + '0.weight': (ch[i - 1], ),
-                        d + '0.bias': (ch[i - 1], ),
-                        d + '1.weight': (c, ch[i - 1], 2, 2),
-                        d + '1.bias': (c, )})
-        hidden = int(round(args['mlp_ratio'] * c))
-        for j in range(depth):
-            b = f'stages.{i}.{j}.'
-            out.update({
-                b + 'depthwise_conv.weight': (c, 1, k, k),
-                b + 'depthwise_conv.bias': (c, ),
-                b + 'norm.weight': (c, ), b + 'norm.bias': (c, ),
-                b + 'pointwise_conv1.weight': (hidden, c),
-                b + 'pointwise_conv1.bias': (hidden, ),
-                b + 'pointwise_conv2.weight': (c, hidden),
-                b + 'pointwise_conv2.bias': (c, ),
-            })
-            if args['use_grn']:
-                out[b + 'grn.gamma'] = (hidden, )
-                out[b + 'grn.beta'] = (hidden, )
-            if args['layer_scale']:
-                out[b + 'gamma'] = (c, )
-    for i in args['norms']:
-        out[f'norm{i}.weight'] = (ch[i], )
-        out[f'norm{i}.bias'] = (ch[i], )
-    return out
 
 
 def _yes(flag: bool) -> str:
@@ -315,9 +284,10 @@ def _yes(flag: bool) -> str:
 
 
 def convnext_architecture(conv: 'Conversion', request: 'Request') -> None:
-    """Family step: check the result is one ConvNeXt and record the
-    ``mmpretrain.ConvNeXt`` arguments it implies (``meta['convnext']``,
-    summary line, notes on the fresh output norms, config hints)."""
+    """Family step: record the ``mmpretrain.ConvNeXt`` arguments the
+    result implies (``meta['convnext']``, summary line, notes on the fresh
+    output norms, config hints); :data:`CONVNEXT_MODULE` checked it is one
+    ConvNeXt."""
     args = infer_convnext(conv.state_dict)
     conv.meta['convnext'] = dict(args)
     last = len(args['depths']) - 1
@@ -366,11 +336,34 @@ def _hints(args: Dict[str, Any], dst: str) -> str:
     ])
 
 
+def _convnext_kwargs(state_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``mmpretrain.ConvNeXt`` arguments that give the result's
+    tensors (an output norm per stage, as MMDetection uses it)."""
+    args = infer_convnext(state_dict)
+    return dict(arch=dict(depths=list(args['depths']),
+                          channels=list(args['channels'])),
+                in_channels=args['in_channels'],
+                stem_patch_size=args['stem_patch_size'],
+                use_grn=args['use_grn'],
+                layer_scale_init_value=1e-6 if args['layer_scale'] else 0.,
+                out_indices=tuple(range(len(args['depths']))),
+                gap_before_final_norm=False)
+
+
+#: The module a ConvNeXt result is loaded into: mmpretrain's ``ConvNeXt``
+#: with the arguments the weights imply (its kernel size, 7, and MLP
+#: ratio, 4, are fixed).
+CONVNEXT_MODULE = TargetModule(
+    'mmpretrain.models.backbones.convnext:ConvNeXt', _convnext_kwargs,
+    lambda a: f'ConvNeXt (depths={a["arch"]["depths"]}, '
+    f'channels={a["arch"]["channels"]})')
+
 # --- declarations ----------------------------------------------------------
 CONVNEXT_FAMILY = Family(
     'convnext', 'ConvNeXt backbone', options=('select', 'prefix'),
     finish=(convnext_architecture, ),
-    targets=('mmdet', ), never_pretrained=(r'^norm\d+\.(?:weight|bias)$', ))
+    targets=('mmdet', ), never_pretrained=(r'^norm\d+\.(?:weight|bias)$', ),
+    module=CONVNEXT_MODULE)
 
 _STEM = r'^downsample_layers\.0\.0\.weight$'
 
@@ -420,3 +413,147 @@ CONVNEXT_FORMATS: Tuple[SourceFormat, ...] = (
 # fmt: on
 
 register(CONVNEXT_FAMILY, *CONVNEXT_FORMATS)
+
+
+# --- DINOv3 ConvNeXt (helper H8, issue 20) ---------------------------------
+#: facebookresearch/dinov3 ``dinov3/models/convnext.py``: the ConvNeXt v1
+#: block names, no classifier (``head`` is an ``nn.Identity``), and the
+#: final ``norm`` (``nn.LayerNorm``, eps 1e-6) stored twice: ``norms`` is
+#: ``[Identity] * 3 + [self.norm]``, so ``norms.3.*`` is the same module as
+#: ``norm.*`` (an alias: both become ``norm3``; different values are
+#: refused). The released ``dinov3_convnext_<size>_pretrain_lvd1689m-*.pth``
+#: are these flat state dicts; the eval ``teacher_checkpoint.pth`` and the
+#: training checkpoint directories (:mod:`mmconv.dcp`) prefix them with
+#: ``backbone.``.
+_D3 = r'^(?:backbone\.)?'
+# fmt: off
+DINOV3_CONVNEXT_RULES: Tuple[Rule, ...] = (
+    (_D3 + r'downsample_layers\.0\.([01])\.',       r'downsample_layers.0.\1.', 'stem: 4x4 patch conv (0), LayerNorm (1)'),
+    (_D3 + r'downsample_layers\.([1-9])\.([01])\.', r'downsample_layers.\1.\2.', 'downsample layer: LayerNorm (0), 2x2 conv (1)'),
+    (_D3 + r'stages\.(\d+)\.(\d+)\.dwconv\.',       _BLOCK + 'depthwise_conv.', 'block 7x7 depthwise conv (dwconv)'),
+    (_D3 + r'stages\.(\d+)\.(\d+)\.norm\.',         _BLOCK + 'norm.',           'block LayerNorm'),
+    (_D3 + r'stages\.(\d+)\.(\d+)\.pwconv([12])\.', _BLOCK + r'pointwise_conv\3.', 'block pointwise linear (pwconv1/2)'),
+    (_D3 + r'stages\.(\d+)\.(\d+)\.gamma$',         _BLOCK + 'gamma',           'layer scale (gamma)'),
+    (_D3 + r'norm\.',                               'norm3.',                    'final norm -> norm3, applied to the C5 map'),
+    (_D3 + r'norms\.3\.',                           'norm3.',                    'final norm again (dinov3 ConvNeXt.norms[3] is self.norm)'),
+)
+
+_HF = r'^(?:model\.)?stages\.(\d+)\.'
+#: transformers ``DINOv3ConvNextModel`` / ``DINOv3ConvNextBackbone``
+#: (``models/dinov3_convnext/modeling_dinov3_convnext.py``): stage ``N``
+#: holds its own ``downsample_layers`` (stage 0: conv, LayerNorm; others:
+#: LayerNorm, conv) and ``layers.M``; ``save_pretrained`` writes
+#: ``stages.*`` (transformers 4.56+ and 5.x: its conversion mapping adds
+#: ``model.`` in memory only); the final norm is ``layer_norm`` (the
+#: Backbone class has none).
+HF_DINOV3_CONVNEXT_RULES: Tuple[Rule, ...] = (
+    (_HF + r'downsample_layers\.([01])\.',               r'downsample_layers.\1.\2.', 'stem / downsample layer (conv, LayerNorm)'),
+    (_HF + r'layers\.(\d+)\.depthwise_conv\.',          _BLOCK + 'depthwise_conv.', 'block 7x7 depthwise conv'),
+    (_HF + r'layers\.(\d+)\.layer_norm\.',              _BLOCK + 'norm.',           'block LayerNorm (layer_norm)'),
+    (_HF + r'layers\.(\d+)\.pointwise_conv([12])\.',    _BLOCK + r'pointwise_conv\3.', 'block pointwise linear'),
+    (_HF + r'layers\.(\d+)\.gamma$',                    _BLOCK + 'gamma',           'layer scale (gamma)'),
+    (r'^layer_norm\.',                                  'norm3.',                    'final norm (layer_norm) -> norm3, applied to the C5 map'),
+)
+
+DINOV3_CONVNEXT_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'dinov3_convnext', 'convnext', 'DINOv3 ConvNeXt (official, facebookresearch/dinov3)',
+        rules=DINOV3_CONVNEXT_RULES,
+        sentinels=(_D3 + r'stages\.0\.0\.dwconv\.weight$',
+                   _D3 + r'downsample_layers\.0\.0\.weight$',
+                   _D3 + r'norms\.3\.weight$'),
+        containers=('teacher', ),
+        released=('dinov3_convnext_tiny_pretrain_lvd1689m-21b726bb.pth',
+                  'dinov3_convnext_small_pretrain_lvd1689m-296db49d.pth',
+                  'dinov3_convnext_base_pretrain_lvd1689m-801f2ba9.pth',
+                  'dinov3_convnext_large_pretrain_lvd1689m-61fa432d.pth',
+                  'teacher_checkpoint.pth', 'ckpt/<iteration>/ (DCP)'),
+        source='facebookresearch/dinov3: dinov3/models/convnext.py, dinov3/hub/backbones.py (flat state dict, strict load); dinov3/train/train.py do_test ({teacher: model_ema.state_dict()}), checkpointer.save_checkpoint (DCP)'),
+    SourceFormat(
+        'hf_dinov3_convnext', 'convnext', 'Hugging Face transformers DINOv3 ConvNeXt (DINOv3ConvNextModel)',
+        rules=HF_DINOV3_CONVNEXT_RULES,
+        sentinels=(_HF + r'layers\.0\.depthwise_conv\.weight$',
+                   r'^(?:model\.)?stages\.0\.downsample_layers\.0\.weight$'),
+        released=('facebook/dinov3-convnext-tiny-pretrain-lvd1689m (model.safetensors)', ),
+        source='huggingface/transformers: models/dinov3_convnext/modeling_dinov3_convnext.py, conversion_mapping.py'),
+)
+# fmt: on
+
+register(*DINOV3_CONVNEXT_FORMATS)
+
+
+# --- Hugging Face transformers (ConvNextModel, ConvNextV2Model, ...) ---------
+# transformers' save_pretrained layout (convert_convnext_to_pytorch.py and
+# convert_convnextv2_to_pytorch.py map the official names to these; 4.x and
+# 5.x write the same): ``embeddings`` = stem, ``encoder.stages.N.
+# downsampling_layer`` (N >= 1), blocks under ``encoder.stages.N.layers.M``
+# with ``layer_scale_parameter`` (v1) or GRN ``weight`` / ``bias``
+# ``[1, 1, 1, C]`` (v2), the final ``layernorm``; ``*ForImageClassification``
+# adds the ``convnext.`` / ``convnextv2.`` prefix and ``classifier``.
+_TF_PRE = r'^(?:convnext(?:v2)?\.)?'
+_TF_B = _TF_PRE + r'encoder\.stages\.(\d+)\.layers\.(\d+)\.'
+
+# fmt: off
+HF_CONVNEXT_RULES: Tuple[Rule, ...] = (
+    (_TF_PRE + r'embeddings\.patch_embeddings\.',                    'downsample_layers.0.0.',   'stem: patch conv (embeddings.patch_embeddings)'),
+    (_TF_PRE + r'embeddings\.layernorm\.',                           'downsample_layers.0.1.',   'stem: LayerNorm (embeddings.layernorm)'),
+    (_TF_PRE + r'encoder\.stages\.([1-9])\.downsampling_layer\.([01])\.', r'downsample_layers.\1.\2.', 'downsample layer: LayerNorm (0), 2x2 conv (1)'),
+    (_TF_B + r'dwconv\.',                  _BLOCK + 'depthwise_conv.',     'block depthwise conv (dwconv)'),
+    (_TF_B + r'layernorm\.',               _BLOCK + 'norm.',               'block LayerNorm (layernorm)'),
+    (_TF_B + r'pwconv([12])\.',            _BLOCK + r'pointwise_conv\3.',  'block pointwise linear (pwconv1/2)'),
+    (_TF_B + r'layer_scale_parameter$',    _BLOCK + 'gamma',               'layer scale (layer_scale_parameter = gamma)'),
+    Rule(_TF_B + r'grn\.weight$',          _BLOCK + 'grn.gamma',           'GRN weight = gamma ([1, 1, 1, C] -> [C], grn_to_vector)', ops=GRN),
+    Rule(_TF_B + r'grn\.bias$',            _BLOCK + 'grn.beta',            'GRN bias = beta ([1, 1, 1, C] -> [C], grn_to_vector)', ops=GRN),
+    (_TF_PRE + r'layernorm\.',                                        'norm3.',                   'final layernorm -> norm3 (as the official final norm), applied to the C5 map'),
+    (r'^classifier\.',                                                None,                       'ImageNet classifier (classifier)'),
+)
+# fmt: on
+
+
+
+def hf_convnext_config(conv: 'Conversion', request: 'Request') -> None:
+    """Format step (transformers folders): the ``config.json`` beside the
+    weights must describe them (``hidden_sizes``, ``depths``); a lone
+    weight file has no config: nothing to do."""
+    cfg = conv.entries.get('config') if conv.entries else None
+    if not isinstance(cfg, dict):
+        return
+    sd = conv.state_dict
+    blocks: Dict[int, set] = {}
+    for key in sd:
+        m = re.match(r'stages\.(\d+)\.(\d+)\.', key)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    has = {'depths': [len(blocks[i]) for i in sorted(blocks)],
+           'hidden_sizes': [int(sd[f'stages.{i}.0.depthwise_conv.weight']
+                                .shape[0]) for i in sorted(blocks)
+                            if f'stages.{i}.0.depthwise_conv.weight' in sd]}
+    check_config((name, list(cfg[name]), has[name]) for name in has
+                 if isinstance(cfg.get(name), list))
+
+
+_TF_STEM = _TF_PRE + r'embeddings\.patch_embeddings\.weight$'
+_TF_DW = _TF_PRE + r'encoder\.stages\.0\.layers\.0\.dwconv\.weight$'
+
+# fmt: off
+HF_CONVNEXT_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'hf_convnext', 'convnext', 'Hugging Face transformers ConvNeXt (ConvNextModel, ConvNextForImageClassification)',
+        rules=HF_CONVNEXT_RULES,
+        sentinels=(_TF_DW, _TF_STEM),
+        containers=('state_dict', ),
+        surgery=(hf_convnext_config, ),
+        released=('facebook/convnext-tiny-224 (model.safetensors / pytorch_model.bin + config.json)', ),
+        source='huggingface/transformers: models/convnext/modeling_convnext.py, convert_convnext_to_pytorch.py'),
+    SourceFormat(
+        'hf_convnextv2', 'convnext', 'Hugging Face transformers ConvNeXt V2 (ConvNextV2Model, ConvNextV2ForImageClassification)',
+        rules=HF_CONVNEXT_RULES,
+        sentinels=(_TF_DW, _TF_STEM, _TF_PRE + r'encoder\.stages\.0\.layers\.0\.grn\.weight$'),
+        containers=('state_dict', ),
+        surgery=(hf_convnext_config, ),
+        released=('facebook/convnextv2-tiny-1k-224 (model.safetensors + config.json)', ),
+        source='huggingface/transformers: models/convnextv2/modeling_convnextv2.py (ConvNextV2GRN [1, 1, 1, C]), convert_convnextv2_to_pytorch.py'),
+)
+# fmt: on
+
+register(*HF_CONVNEXT_FORMATS)

@@ -19,7 +19,7 @@ from typing import Tuple
 
 from ..ops import Fill
 from ..spec import Conversion, Request, Rule, SourceFormat, register
-from .resnet import DETECTRON2_NAMES
+from .resnet import DETECTRON2_NAMES, MSRA_PIXEL, StyleFact
 
 __all__ = ['DETECTRON2_RULES', 'CAFFE2_RULES', 'FROZEN_BN_EPS',
            'FROZEN_BN_STATISTICS', 'count_frozen_bn', 'DETECTRON2',
@@ -95,6 +95,11 @@ DETECTRON2 = SourceFormat(
     derive=FROZEN_BN_STATISTICS,
     surgery=(count_frozen_bn, ),
     released=('model_final_f10217.pkl', 'R-50.pkl (torchvision, converted)'),
+    facts=dict(pixel_in_file=True, style=StyleFact(
+        'caffe', "detectron2's default STRIDE_IN_1X1: True (model-zoo "
+        'models start from MSRA R-50/R-101); use --style pytorch if it was '
+        'trained with STRIDE_IN_1X1: False (detrex, torchvision-initialised)',
+        assumed=True)),
     source='facebookresearch/detectron2: {model, __author__[, '
     'matching_heuristics]} .pkl of numpy arrays; training .pth {model, ...}')
 CAFFE2 = SourceFormat(
@@ -105,6 +110,9 @@ CAFFE2 = SourceFormat(
     derive=FROZEN_BN_STATISTICS,
     surgery=(count_frozen_bn, ),
     released=('R-50.pkl', 'R-101.pkl', 'Detectron1 model_final.pkl'),
+    facts=dict(pixel=MSRA_PIXEL, style=StyleFact(
+        'caffe', 'Caffe2 blobs: the MSRA ResNets put the stride in the 1x1 '
+        'conv (STRIDE_IN_1X1: True)')),
     source='ImageNetPretrained/MSRA: bare dict of numpy blobs; Detectron1 '
     'detection models: {blobs, cfg}')
 

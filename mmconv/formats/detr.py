@@ -112,14 +112,20 @@ FFNs (``activation.weight`` -> ``ffn.layers.0.1.weight``), encoder and
 decoder ``query_scale``, ``ref_anchor_head``, 4-d anchor queries
 ``refpoint_embed`` -> ``query_embedding``, one box MLP shared by every layer
 (``bbox_embed`` = ``transformer.decoder.bbox_embed``, aliases).
+
+Hugging Face transformers layouts (family ``detr_hf``, formats ``hf_*``,
+:data:`DETR_HF_FORMATS`): the same detectors as transformers'
+``save_pretrained`` writes them (4.x and 5.x), into the same MMDetection
+models; RT-DETR is recognised and refused (no MMDetection 3.3 model). See
+the comment before their rules.
 """
 import re
-from typing import Any, Dict, Iterable, Mapping, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-from ..arch import check_resnet
 from ..errors import ConversionError
-from ..ops import OpContext, SelectRows, When
+from ..ops import Concatenate, OpContext, SelectRows, When
 from ..spec import Conversion, Family, Request, Rule, SourceFormat, register
+from .resnet import RESNET_MODULE, resnet_depth
 
 __all__ = [
     'COCO_CATEGORY_IDS', 'DETR_RULES', 'DEFORMABLE_DETR_RULES',
@@ -448,7 +454,8 @@ DINO_5SCALE_RULES: Tuple[Rule, ...] = (BACKBONE_RULES + _DEFORMABLE_LAYERS + _DI
 
 
 # --- what the weights imply (no tensor changes) ------------------------------
-def detr_variant(facts: Mapping[str, Any], keys: Iterable[str]
+def detr_variant(facts: Mapping[str, Any], keys: Iterable[str],
+                 backbone: Optional[Iterable[str]] = None
                  ) -> Dict[str, Any]:
     """Model options the weights imply, and the config to build.
 
@@ -461,6 +468,9 @@ def detr_variant(facts: Mapping[str, Any], keys: Iterable[str]
             options), ``config_depths`` (backbone depths the config has;
             another is added to the name).
         keys (Iterable[str]): Source keys.
+        backbone (Iterable[str], optional): The backbone's keys in
+            torchvision names; default: the source's ``backbone.0.body.``
+            keys (detrex files name their backbone as detectron2 does).
 
     Returns:
         dict: ``depth`` (ResNet), the options (``with_box_refine``,
@@ -469,8 +479,10 @@ def detr_variant(facts: Mapping[str, Any], keys: Iterable[str]
         MMDetection's own otherwise).
     """
     keys = list(keys)
-    depth = check_resnet(k[len('backbone.0.body.'):] for k in keys
-                         if k.startswith('backbone.0.body.')).depth
+    if backbone is None:
+        backbone = [k[len('backbone.0.body.'):] for k in keys
+                    if k.startswith('backbone.0.body.')]
+    depth = resnet_depth(backbone)
     out: Dict[str, Any] = {'depth': depth}
     out.update(facts.get('variant', {}))
     if facts.get('variant_from_keys'):
@@ -486,12 +498,12 @@ def detr_variant(facts: Mapping[str, Any], keys: Iterable[str]
 
 
 def record_variant(conv: Conversion, request: Request) -> None:
-    """Family step: backbone check, the model options and the config to
-    build (into the summary, the meta and the hints)."""
-    conv.report.backbone = check_resnet(
-        k[len('backbone.'):] for k in conv.state_dict
-        if k.startswith('backbone.'))
-    variant = detr_variant(conv.format.facts, conv.source)
+    """Family step: the model options and the config to build (into the
+    summary, the meta and the hints); the backbone is compared with its
+    module by :mod:`mmconv.verify` (:data:`DETR_BACKBONE`)."""
+    variant = detr_variant(conv.format.facts, conv.source,
+                           [k[len('backbone.'):] for k in conv.state_dict
+                            if k.startswith('backbone.')])
     config = variant.pop('config')
     conv.meta.update(mmdet_config=config, variant=variant)
     conv.lines.append(f'config:   {config}')
@@ -608,10 +620,14 @@ def _dino_facts(levels: int) -> Dict[str, Any]:
 
 _TOP = ('model', )
 
+#: The detector's ``backbone.*``: MMDetection's ``ResNet`` of the depth its
+#: blocks imply (reported in ``backbone:``, not refused).
+DETR_BACKBONE = RESNET_MODULE._replace(prefix='backbone.', exclude='')
+
 DETR_FAMILY = Family('detr', 'DETR-family detector',
                      options=('keep_classes', ),
                      finish=(record_variant, proposal_branch, detr_notes),
-                     targets=('mmdet', ))
+                     targets=('mmdet', ), module=DETR_BACKBONE)
 
 # fmt: off
 DETR_FORMATS: Tuple[SourceFormat, ...] = (
@@ -721,3 +737,459 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
 # fmt: on
 
 register(DETR_FAMILY, *DETR_FORMATS)
+
+
+# --- Hugging Face transformers layouts (issue 21) ----------------------------
+# ``save_pretrained`` folders / lone ``model.safetensors`` or
+# ``pytorch_model.bin`` of transformers' DETR-family classes, as the 5.x and
+# the last 4.x writers save them (recorded: tests/fixtures/hf_detr_layouts.py;
+# transformers' convert_*_to_pytorch.py scripts map the official names to
+# these one to one, splitting every packed ``in_proj`` into
+# ``q_proj``/``k_proj``/``v_proj`` rows 0:256, 256:512, 512:768):
+#
+# ==============================  ==========================  ===============
+# format                          transformers class          MMDetection
+# ==============================  ==========================  ===============
+# ``hf_detr``                     ``DetrFor...``              ``DETR``
+# ``hf_deformable_detr``          ``DeformableDetrFor...``    DeformableDETR
+# ``hf_deformable_detr_refine``   ``with_box_refine`` (5.x)   box refinement
+# ``hf_deformable_detr_refine_v4``  ``with_box_refine`` (4.x  box refinement
+#                                 ``pytorch_model.bin``)
+# ``hf_deformable_detr_twostage``  ``with_box_refine,         refinement,
+#                                 two_stage`` (4.x, 5.x)      two-stage
+# ``hf_conditional_detr``         ``ConditionalDetrFor...``   ConditionalDETR
+# ``hf_dab_detr``                 ``DabDetrFor...``           ``DABDETR``
+# ``hf_rt_detr``                  ``RTDetr[V2]For...``        not supported
+# ==============================  ==========================  ===============
+#
+# * The backbone is a timm ResNet under ``model.backbone.conv_encoder.model.``
+#   (DAB-DETR: ``...model._backbone.``) with transformers' frozen BN (weight,
+#   bias, running statistics, no ``num_batches_tracked``): the same names as
+#   MMDetection's ``ResNet``, renamed to ``backbone.``.
+# * Separate ``q_proj``/``k_proj``/``v_proj`` linears of every
+#   ``nn.MultiheadAttention``-style attention are merged (rule ``parts``)
+#   into MMDetection's packed ``attn.in_proj_weight``/``in_proj_bias``, q,
+#   k, v rows in that order (``Concatenate``).
+# * Heads saved once, used by every decoder layer: transformers ties the
+#   per-layer heads (``_tied_weights_keys``) and writes only branch 0:
+#   Deformable DETR's classifier and box MLP without box refinement (both
+#   writers), and its classifier with box refinement (5.x: one classifier
+#   for every layer; the 4.x writer saved the six). MMDetection holds one
+#   branch per layer: the rule's replacement tuple fills all
+#   :data:`OFFICIAL_DECODER_LAYERS` of them with that tensor (a file with
+#   another decoder depth is refused: :func:`hf_branches`).
+# * The 4.x writer refuses safetensors for box-refine / two-stage models
+#   (shared tensors) and writes ``pytorch_model.bin``, where the heads are
+#   registered twice (``bbox_embed.N`` = ``model.decoder.bbox_embed.N``,
+#   two-stage also ``class_embed.N`` = ``model.decoder.class_embed.N``):
+#   aliases, merged by the engine. 5.x writes the ``model.decoder.`` names
+#   only.
+# * DAB-DETR has one box MLP: ``bbox_predictor`` (5.x) =
+#   ``model.decoder.bbox_embed`` (4.x); MMDetection's ``DABDETR`` holds it
+#   once too (``bbox_head.fc_reg``, handed to the decoder for its anchor
+#   updates), so it fills the one place both codes use it.
+# * Classes: the same ops as the official formats (the checkpoints on the
+#   Hub classify the 91 COCO ids; DETR adds no-object last); the two-stage
+#   proposal classifier (branch 6) keeps rows 0..79 by position (row 0 is
+#   the objectness transformers ranks proposals by, as in the official
+#   code).
+# * ``config.json`` (a ``save_pretrained`` folder) only confirms: a model
+#   type, ``with_box_refine``, ``two_stage`` or ``decoder_layers`` other
+#   than the weights say is refused (:func:`hf_variant`).
+_HF_ENC = r'^model\.encoder\.layers\.' + _L
+_HF_DEC = r'^model\.decoder\.layers\.' + _L
+_QKV = ('q', 'k', 'v')
+
+
+def _hf_qkv(prefix: str, out: str, what: str) -> Rule:
+    """``{prefix}.{q,k,v}_proj.{weight,bias}`` -> packed
+    ``{out}.in_proj_{weight,bias}`` (``prefix`` has one group, the
+    layer)."""
+    return Rule(prefix + r'\.(?P<part>[qkv])_proj\.(weight|bias)$',
+                out + r'.in_proj_\3',
+                f'{what} q_proj, k_proj, v_proj fused into the packed '
+                'in_proj (rows q, k, v)', ops=(Concatenate(0), ),
+                parts=_QKV)
+
+
+# fmt: off
+HF_BACKBONE_RULES: Tuple[Rule, ...] = (
+    (r'^model\.backbone\.conv_encoder\.model\.(?:_backbone\.)?', 'backbone.', 'timm ResNet (conv_encoder.model -> MMDetection ResNet; frozen BN -> frozen BN)'),
+    (r'^model\.backbone\.position_embedding\.', None, 'learned position embedding (position_embedding_type learned): MMDetection uses sine encodings, NOT carried'),
+)
+
+#: FFN and norms of a transformers encoder layer (post-norm).
+_HF_ENCODER_TAIL: Tuple[Rule, ...] = (
+    (_HF_ENC + r'\.self_attn_layer_norm\.', r'encoder.layers.\1.norms.0.',        'encoder norm after attention'),
+    (_HF_ENC + r'\.fc1\.',                  r'encoder.layers.\1.ffn.layers.0.0.', 'encoder FFN fc1'),
+    (_HF_ENC + r'\.fc2\.',                  r'encoder.layers.\1.ffn.layers.1.',   'encoder FFN fc2'),
+    (_HF_ENC + r'\.final_layer_norm\.',     r'encoder.layers.\1.norms.1.',        'encoder norm after FFN'),
+)
+
+HF_DETR_ENCODER_RULES: Tuple[Rule, ...] = (
+    _hf_qkv(_HF_ENC + r'\.self_attn', r'encoder.layers.\1.self_attn.attn', 'encoder self-attention'),
+    (_HF_ENC + r'\.self_attn\.out_proj\.', r'encoder.layers.\1.self_attn.attn.out_proj.', 'encoder self-attention output projection'),
+) + _HF_ENCODER_TAIL
+
+#: Norms and FFN of a transformers decoder layer: self-attention ->
+#: self_attn_layer_norm -> cross-attention (``encoder_attn``) ->
+#: encoder_attn_layer_norm -> fc1, fc2 -> final_layer_norm.
+_HF_DECODER_TAIL: Tuple[Rule, ...] = (
+    (_HF_DEC + r'\.self_attn_layer_norm\.',    r'decoder.layers.\1.norms.0.',        'decoder norm after self-attention'),
+    (_HF_DEC + r'\.encoder_attn_layer_norm\.', r'decoder.layers.\1.norms.1.',        'decoder norm after cross-attention'),
+    (_HF_DEC + r'\.final_layer_norm\.',        r'decoder.layers.\1.norms.2.',        'decoder norm after FFN'),
+    (_HF_DEC + r'\.fc1\.',                     r'decoder.layers.\1.ffn.layers.0.0.', 'decoder FFN fc1'),
+    (_HF_DEC + r'\.fc2\.',                     r'decoder.layers.\1.ffn.layers.1.',   'decoder FFN fc2'),
+    (r'^model\.decoder\.layernorm\.',          'decoder.post_norm.',                 'decoder final norm'),
+)
+
+
+def _hf_detr_head(classes: SelectRows) -> Tuple[Rule, ...]:
+    """DETR / Conditional DETR head: ``class_labels_classifier`` (its rows:
+    ``classes``), the 3-layer ``bbox_predictor`` MLP, queries and the 1x1
+    input projection."""
+    return (
+        Rule(r'^class_labels_classifier\.', 'bbox_head.fc_cls.', 'classifier (rows remapped by remap_coco_classes)', ops=(classes, ), unless='keep_classes'),
+        (r'^bbox_predictor\.layers\.0\.', 'bbox_head.reg_ffn.layers.0.0.', 'box MLP layer 0'),
+        (r'^bbox_predictor\.layers\.1\.', 'bbox_head.reg_ffn.layers.1.',   'box MLP layer 1'),
+        (r'^bbox_predictor\.layers\.2\.', 'bbox_head.fc_reg.',             'box MLP output layer'),
+        (r'^model\.query_position_embeddings\.', 'query_embedding.',       'object queries'),
+        (r'^model\.input_projection\.',   'neck.convs.0.conv.',            'input projection (1x1 conv with bias = ChannelMapper conv, no norm)'),
+    )
+
+
+HF_DETR_RULES: Tuple[Rule, ...] = HF_BACKBONE_RULES + HF_DETR_ENCODER_RULES + (
+    _hf_qkv(_HF_DEC + r'\.self_attn', r'decoder.layers.\1.self_attn.attn', 'decoder self-attention'),
+    (_HF_DEC + r'\.self_attn\.out_proj\.', r'decoder.layers.\1.self_attn.attn.out_proj.', 'decoder self-attention output projection'),
+    _hf_qkv(_HF_DEC + r'\.encoder_attn', r'decoder.layers.\1.cross_attn.attn', 'decoder cross-attention'),
+    (_HF_DEC + r'\.encoder_attn\.out_proj\.', r'decoder.layers.\1.cross_attn.attn.out_proj.', 'decoder cross-attention output projection'),
+) + _HF_DECODER_TAIL + _hf_detr_head(DETR_CLASSES)
+
+HF_CONDITIONAL_DETR_RULES: Tuple[Rule, ...] = HF_BACKBONE_RULES + HF_DETR_ENCODER_RULES + tuple(
+    (_HF_DEC + rf'\.sa_{p}_proj\.', rf'decoder.layers.\1.self_attn.{p}_proj.', f'conditional self-attention {p} projection')
+    for p in ('qcontent', 'qpos', 'kcontent', 'kpos', 'v')
+) + (
+    (_HF_DEC + r'\.self_attn\.out_proj\.', r'decoder.layers.\1.self_attn.out_proj.', 'conditional self-attention output projection'),
+) + tuple(
+    (_HF_DEC + rf'\.ca_{p}_proj\.', rf'decoder.layers.\1.cross_attn.{p}_proj.', f'conditional cross-attention {p} projection')
+    for p in ('qcontent', 'qpos', 'kcontent', 'kpos', 'v', 'qpos_sine')
+) + (
+    (_HF_DEC + r'\.encoder_attn\.out_proj\.', r'decoder.layers.\1.cross_attn.out_proj.', 'conditional cross-attention output projection'),
+    (r'^model\.decoder\.query_scale\.',    'decoder.query_scale.',    'conditional spatial query scale MLP'),
+    (r'^model\.decoder\.ref_point_head\.', 'decoder.ref_point_head.', 'reference point MLP'),
+) + _HF_DECODER_TAIL + _hf_detr_head(CONDITIONAL_DETR_CLASSES)
+
+#: Deformable DETR layers, input projections, queries, two-stage parts.
+_HF_DEFORMABLE: Tuple[Rule, ...] = HF_BACKBONE_RULES + (
+    (r'^model\.level_embed$', 'level_embed', 'level embedding'),
+    (_HF_ENC + r'\.self_attn\.', r'encoder.layers.\1.self_attn.', 'encoder deformable attention'),
+) + _HF_ENCODER_TAIL + (
+    _hf_qkv(_HF_DEC + r'\.self_attn', r'decoder.layers.\1.self_attn.attn', 'decoder self-attention'),
+    (_HF_DEC + r'\.self_attn\.out_proj\.', r'decoder.layers.\1.self_attn.attn.out_proj.', 'decoder self-attention output projection'),
+    (_HF_DEC + r'\.encoder_attn\.', r'decoder.layers.\1.cross_attn.', 'decoder deformable cross-attention'),
+) + _HF_DECODER_TAIL + (
+    (r'^model\.reference_points\.',  'reference_points_fc.', 'reference points from query positions'),
+    (r'^model\.enc_output\.',        'memory_trans_fc.',     'two-stage memory transform'),
+    (r'^model\.enc_output_norm\.',   'memory_trans_norm.',   'two-stage memory norm'),
+    (r'^model\.pos_trans\.',         'pos_trans_fc.',        'two-stage proposal position transform'),
+    (r'^model\.pos_trans_norm\.',    'pos_trans_norm.',      'two-stage proposal position norm'),
+    (r'^model\.query_position_embeddings\.', 'query_embedding.', 'object queries (position half, then content half)'),
+    (r'^model\.input_proj\.([0-2])\.0\.', r'neck.convs.\1.conv.', 'input projection conv (has a bias: the neck needs bias=True)'),
+    (r'^model\.input_proj\.([0-2])\.1\.', r'neck.convs.\1.gn.',   'input projection GroupNorm'),
+    (r'^model\.input_proj\.3\.0\.', 'neck.extra_convs.0.conv.',   'extra level 3x3/2 conv (has a bias: the neck needs bias=True)'),
+    (r'^model\.input_proj\.3\.1\.', 'neck.extra_convs.0.gn.',     'extra level GroupNorm'),
+)
+
+_O6 = tuple(range(OFFICIAL_DECODER_LAYERS))
+#: The one classifier transformers saves for every decoder layer
+#: (``class_embed.0``) -> every MMDetection branch.
+_HF_SHARED_CLASSIFIER = Rule(
+    r'^class_embed\.0\.', tuple(f'bbox_head.cls_branches.{i}.' for i in _O6),
+    f'classifier of every decoder layer (saved once: class_embed.1..{_O6[-1]} are tied to it), '
+    'into each MMDetection branch (rows remapped by remap_coco_classes)',
+    ops=(DEFORMABLE_DETR_CLASSES, ), unless='keep_classes')
+#: The one box MLP transformers saves for every decoder layer
+#: (``bbox_embed.0``, no box refinement) -> every MMDetection branch.
+_HF_SHARED_BOX_MLP: Tuple[Rule, ...] = tuple(
+    Rule(rf'^bbox_embed\.0\.layers\.{j}\.', tuple(f'bbox_head.reg_branches.{i}.{2 * j}.' for i in _O6),
+         f'box MLP layer {j} of every decoder layer (saved once: bbox_embed.1..{_O6[-1]} are tied to it), into each MMDetection branch')
+    for j in range(3))
+#: Box MLPs per decoder layer (box refinement): ``model.decoder.bbox_embed.N``
+#: (4.x also ``bbox_embed.N``, the same tensors).
+_HF_BOX_MLPS: Tuple[Rule, ...] = tuple(
+    (rf'^(?:model\.decoder\.)?bbox_embed\.(\d+)\.layers\.{j}\.', rf'bbox_head.reg_branches.\1.{2 * j}.', f'box MLP layer {j} of decoder layer N (model.decoder.bbox_embed.N and bbox_embed.N are one module)')
+    for j in range(3))
+#: Classifiers per decoder layer (4.x box refinement; two-stage).
+_HF_CLASSIFIERS = Rule(
+    r'^(?:model\.decoder\.)?class_embed\.(\d+)\.', r'bbox_head.cls_branches.\1.',
+    'classifier of decoder layer N (model.decoder.class_embed.N and class_embed.N are one module; rows remapped by remap_coco_classes)',
+    ops=(DEFORMABLE_DETR_CLASSES, ), unless='keep_classes')
+#: Two-stage: branch 6 is the proposal classifier (rows kept by position).
+_HF_PROPOSAL_CLASSIFIER = Rule(
+    rf'^(?:model\.decoder\.)?class_embed\.{_O}\.', rf'bbox_head.cls_branches.{_O}.',
+    f'two-stage proposal classifier (branch {_O}; rows kept by position: row 0 is the objectness proposals are ranked by)',
+    ops=(PROPOSAL_OBJECTNESS, ), unless='keep_classes')
+
+HF_DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = _HF_DEFORMABLE + (_HF_SHARED_CLASSIFIER, ) + _HF_SHARED_BOX_MLP
+HF_DEFORMABLE_DETR_REFINE_RULES: Tuple[Rule, ...] = _HF_DEFORMABLE + (_HF_SHARED_CLASSIFIER, ) + _HF_BOX_MLPS
+HF_DEFORMABLE_DETR_REFINE_V4_RULES: Tuple[Rule, ...] = _HF_DEFORMABLE + (_HF_CLASSIFIERS, ) + _HF_BOX_MLPS
+HF_DEFORMABLE_DETR_TWO_STAGE_RULES: Tuple[Rule, ...] = _HF_DEFORMABLE + (_HF_PROPOSAL_CLASSIFIER, _HF_CLASSIFIERS) + _HF_BOX_MLPS
+
+#: DAB-DETR: names of the sub-layers of a transformers decoder layer.
+_HF_DAB_DECODER: Tuple[Rule, ...] = tuple(
+    (_HF_DEC + rf'\.self_attn\.self_attn_{hf}_proj\.', rf'decoder.layers.\1.self_attn.{mm}_proj.', f'conditional self-attention {mm} projection')
+    for hf, mm in (('query_content', 'qcontent'), ('query_pos', 'qpos'), ('key_content', 'kcontent'), ('key_pos', 'kpos'), ('value', 'v'))
+) + tuple(
+    (_HF_DEC + rf'\.cross_attn\.cross_attn_{hf}_proj\.', rf'decoder.layers.\1.cross_attn.{mm}_proj.', f'conditional cross-attention {mm} projection')
+    for hf, mm in (('query_content', 'qcontent'), ('query_pos', 'qpos'), ('key_content', 'kcontent'), ('key_pos', 'kpos'), ('value', 'v'), ('query_pos_sine', 'qpos_sine'))
+) + (
+    (_HF_DEC + r'\.self_attn\.self_attn\.output_proj\.',      r'decoder.layers.\1.self_attn.out_proj.',    'conditional self-attention output projection'),
+    (_HF_DEC + r'\.self_attn\.self_attn_layer_norm\.',        r'decoder.layers.\1.norms.0.',               'decoder norm after self-attention'),
+    (_HF_DEC + r'\.cross_attn\.cross_attn\.output_proj\.',    r'decoder.layers.\1.cross_attn.out_proj.',   'conditional cross-attention output projection'),
+    (_HF_DEC + r'\.cross_attn\.cross_attn_layer_norm\.',      r'decoder.layers.\1.norms.1.',               'decoder norm after cross-attention'),
+    (_HF_DEC + r'\.mlp\.fc1\.',                               r'decoder.layers.\1.ffn.layers.0.0.',        'decoder FFN fc1'),
+    (_HF_DEC + r'\.mlp\.activation_fn\.',                     r'decoder.layers.\1.ffn.layers.0.1.',        'decoder FFN PReLU'),
+    (_HF_DEC + r'\.mlp\.fc2\.',                               r'decoder.layers.\1.ffn.layers.1.',          'decoder FFN fc2'),
+    (_HF_DEC + r'\.mlp\.final_layer_norm\.',                  r'decoder.layers.\1.norms.2.',               'decoder norm after FFN'),
+    (r'^model\.decoder\.layernorm\.',       'decoder.post_norm.',       'decoder final norm'),
+    (r'^model\.decoder\.query_scale\.',     'decoder.query_scale.',     'conditional query scale MLP'),
+    (r'^model\.decoder\.ref_point_head\.',  'decoder.ref_point_head.',  'query-position MLP of the anchor sine embedding'),
+    (r'^model\.decoder\.ref_anchor_head\.', 'decoder.ref_anchor_head.', 'width/height modulation MLP'),
+)
+
+HF_DAB_DETR_RULES: Tuple[Rule, ...] = HF_BACKBONE_RULES + HF_DETR_ENCODER_RULES + (
+    (_HF_ENC + r'\.activation_fn\.',      r'encoder.layers.\1.ffn.layers.0.1.', 'encoder FFN PReLU'),
+    (r'^model\.encoder\.query_scale\.',   'encoder.query_scale.',               'encoder positional scale MLP'),
+) + _HF_DAB_DECODER + (
+    (r'^(?:bbox_predictor|model\.decoder\.bbox_embed)\.layers\.([0-2])\.', r'bbox_head.fc_reg.layers.\1.',
+     'box MLP of every decoder layer (transformers 5.x bbox_predictor = 4.x model.decoder.bbox_embed; MMDetection DABDETR holds it once, as bbox_head.fc_reg)'),
+    Rule(r'^class_embed\.', 'bbox_head.fc_cls.', 'classifier (rows remapped by remap_coco_classes)', ops=(DAB_DETR_CLASSES, ), unless='keep_classes'),
+    (r'^model\.query_refpoint_embeddings\.', 'query_embedding.', 'learnable 4-d anchor boxes (the queries)'),
+    (r'^model\.input_projection\.', 'neck.convs.0.conv.', 'input projection (1x1 conv with bias = ChannelMapper conv, no norm)'),
+)
+
+#: Every tensor of an RT-DETR file, kept only to name it (then refused).
+HF_RT_DETR_RULES: Tuple[Rule, ...] = (
+    (r'^', '', 'RT-DETR tensor (no MMDetection 3.3 model: not converted)'),
+)
+# fmt: on
+
+RT_DETR_REASON = (
+    'RT-DETR (transformers RTDetrForObjectDetection / '
+    'RTDetrV2ForObjectDetection) is not supported: MMDetection 3.3 has no '
+    'RT-DETR model (no hybrid encoder, no varifocal query selection), so '
+    'no MMDetection config can load these weights; use transformers or '
+    'the RT-DETR authors\' code')
+
+
+def refuse_rt_detr(conv: Conversion, request: Request) -> None:
+    """Format step: RT-DETR is recognised only to say why it is not
+    converted."""
+    raise ConversionError(RT_DETR_REASON)
+
+
+_HF_DECODER_LAYER = re.compile(r'^model\.decoder\.layers\.(\d+)\.')
+
+
+def _hf_decoder_layers(keys: Iterable[str]) -> int:
+    """Decoder layers of a transformers DETR-family state dict."""
+    return len({m.group(1) for m in map(_HF_DECODER_LAYER.match, keys)
+                if m})
+
+
+def hf_variant(conv: Conversion, request: Request) -> None:
+    """Family step (transformers layouts): the model options and the config
+    to build (summary, meta, hints); ``config.json``, when the source has
+    one, must describe the same model.
+
+    Raises:
+        ConversionError: ``config.json`` names another model type, or
+            other ``with_box_refine``/``two_stage``/``decoder_layers``
+            than the weights have.
+    """
+    facts = conv.format.facts
+    depth = resnet_depth(k[len('backbone.'):] for k in conv.state_dict
+                         if k.startswith('backbone.'))
+    layers = _hf_decoder_layers(conv.source)
+    variant: Dict[str, Any] = {'depth': depth, **facts.get('variant', {}),
+                               'decoder_layers': layers}
+    cfg = conv.entries.get('config')
+    if isinstance(cfg, Mapping) and 'model_type' in cfg:
+        said = {'model_type': cfg['model_type'], **{
+            k: cfg[k] for k in ('with_box_refine', 'two_stage',
+                                'decoder_layers') if k in cfg}}
+        have = {'model_type': facts['model_type'], **variant}
+        wrong = [f'{k}={v!r} (the weights: {have[k]!r})'
+                 for k, v in said.items() if have.get(k, v) != v]
+        if wrong:
+            raise ConversionError(
+                f'config.json says {", ".join(wrong)}: it does not describe '
+                f'these {conv.format.title} weights; fix the folder (or '
+                'convert the weight file alone)')
+        if cfg.get('dilation'):
+            conv.notes.append(
+                'config.json: dilation=True (DC5): build the ResNet with '
+                'strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2)')
+    config = facts.get('configs', {}).get(depth, facts['config'])
+    extra = [f'backbone depth={depth}'] if depth not in facts.get(
+        'config_depths', (depth, )) else []
+    if layers != OFFICIAL_DECODER_LAYERS:
+        extra.append(f'decoder.num_layers={layers}')
+    queries = conv.state_dict.get('query_embedding.weight')
+    if queries is not None and queries.shape[0] != facts['queries']:
+        extra.append(f'num_queries={queries.shape[0]}')
+    if extra:
+        config += f' (with {", ".join(extra)})'
+    conv.meta.update(mmdet_config=config, variant=variant)
+    conv.lines.append(f'config:   {config}')
+    path = config.split(' (')[0]
+    if path.startswith('mmdet::'):  # mim finds mmdet's configs by file name
+        path = path.rsplit('/', 1)[-1]
+    conv.hints = lambda dst: (f'Evaluate it: mim test mmdet {path} '
+                              f'--checkpoint {dst}')
+
+
+def hf_branches(conv: Conversion, request: Request) -> None:
+    """Family step (transformers layouts): a head saved once is written
+    into :data:`OFFICIAL_DECODER_LAYERS` branches (``facts['fan_out']``),
+    and the two-stage proposal classifier is branch
+    :data:`OFFICIAL_DECODER_LAYERS` with its rows kept by position
+    (``facts['proposal_branch']``, unless ``--keep-classes``): both need
+    that many decoder layers.
+
+    Raises:
+        ConversionError: The file has another number of decoder layers.
+    """
+    facts = conv.format.facts
+    layers = _hf_decoder_layers(conv.source)
+    n = OFFICIAL_DECODER_LAYERS
+    if layers == n:
+        return
+    if facts.get('fan_out'):
+        raise ConversionError(
+            f'{conv.format.title} checkpoint with {layers} decoder layers: '
+            f'its {facts["fan_out"]} saved once for every layer is written '
+            f'into {n} MMDetection branches; mmconv converts the {n}-layer '
+            'models of this layout only')
+    if facts.get('proposal_branch') and not request.keep_classes:
+        raise ConversionError(
+            f'{conv.format.title} checkpoint with {layers} decoder layers: '
+            f'mmconv converts the {n}-layer models only (its proposal '
+            f'classifier, branch {n}, keeps its rows by position); use a '
+            f'{n}-layer model, or --keep-classes')
+
+
+DETR_HF_FAMILY = Family(
+    'detr_hf', 'DETR-family detector (Hugging Face transformers)',
+    options=('keep_classes', ), finish=(hf_variant, hf_branches, detr_notes),
+    targets=('mmdet', ), module=DETR_BACKBONE)
+
+_HF_DEFORMABLE_SENTINELS = (
+    r'^model\.level_embed$',
+    r'^model\.encoder\.layers\.0\.self_attn\.sampling_offsets\.weight$')
+_HF_TOP = ('state_dict', )
+
+
+def _hf_facts(model_type: str, config: str, queries: int,
+              **more: Any) -> Dict[str, Any]:
+    """What a transformers layout implies: its ``config.json`` model type,
+    the MMDetection config, its number of queries, and ``more``."""
+    facts = dict(model_type=model_type, config=config, queries=queries,
+                 config_depths=(50, ))
+    facts.update(more)
+    return facts
+
+
+_DDETR = 'deformable_detr'
+# fmt: off
+DETR_HF_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'hf_detr', 'detr_hf', 'DETR (transformers DetrForObjectDetection)',
+        rules=HF_DETR_RULES, strict=True,
+        sentinels=(r'^class_labels_classifier\.weight$', r'^model\.input_projection\.weight$',
+                   r'^model\.decoder\.layers\.0\.encoder_attn\.q_proj\.weight$'),
+        containers=_HF_TOP,
+        released=('facebook/detr-resnet-50', 'facebook/detr-resnet-101'),
+        source='transformers DetrForObjectDetection.save_pretrained (4.x and 5.x write the same)',
+        facts=_hf_facts('detr', 'mmdet::detr/detr_r50_8xb2-150e_coco.py', 100,
+                        configs={101: 'mmdet::detr/detr_r101_8xb2-500e_coco.py'},
+                        config_depths=(50, 101), class_notes=(DETR_SOFTMAX_NOTE, ))),
+    SourceFormat(
+        'hf_deformable_detr', 'detr_hf', 'Deformable DETR (transformers DeformableDetrForObjectDetection)',
+        rules=HF_DEFORMABLE_DETR_RULES, strict=True,
+        sentinels=_HF_DEFORMABLE_SENTINELS + (r'^model\.reference_points\.weight$', r'^class_embed\.0\.weight$'),
+        containers=_HF_TOP, released=('SenseTime/deformable-detr', ),
+        source='transformers DeformableDetrForObjectDetection.save_pretrained (4.x and 5.x write the same; '
+        'class_embed/bbox_embed saved once)',
+        facts=_hf_facts(_DDETR, f'{_FAMILY_CONFIGS}deformable-detr_r50_official_coco.py', 300,
+                        variant=dict(with_box_refine=False, two_stage=False),
+                        fan_out='classifier and box MLP')),
+    SourceFormat(
+        'hf_deformable_detr_refine', 'detr_hf', 'Deformable DETR, box refinement (transformers 5.x)',
+        rules=HF_DEFORMABLE_DETR_REFINE_RULES, strict=True,
+        sentinels=_HF_DEFORMABLE_SENTINELS + (r'^model\.reference_points\.weight$', r'^class_embed\.0\.weight$',
+                                              r'^model\.decoder\.bbox_embed\.0\.layers\.0\.weight$'),
+        containers=_HF_TOP, released=('SenseTime/deformable-detr-with-box-refine', ),
+        source='transformers 5.x DeformableDetrForObjectDetection(with_box_refine=True).save_pretrained: '
+        'one classifier for every layer (class_embed.N tied to class_embed.0)',
+        facts=_hf_facts(_DDETR, f'{_FAMILY_CONFIGS}deformable-detr-refine_r50_official_coco.py', 300,
+                        variant=dict(with_box_refine=True, two_stage=False),
+                        fan_out='classifier')),
+    SourceFormat(
+        'hf_deformable_detr_refine_v4', 'detr_hf', 'Deformable DETR, box refinement (transformers 4.x pytorch_model.bin)',
+        rules=HF_DEFORMABLE_DETR_REFINE_V4_RULES, strict=True,
+        sentinels=_HF_DEFORMABLE_SENTINELS + (r'^model\.reference_points\.weight$', r'^class_embed\.0\.weight$',
+                                              r'^model\.decoder\.bbox_embed\.0\.layers\.0\.weight$',
+                                              r'^class_embed\.1\.weight$'),
+        containers=_HF_TOP, released=('SenseTime/deformable-detr-with-box-refine', ),
+        source='transformers 4.x DeformableDetrForObjectDetection(with_box_refine=True).save_pretrained: '
+        'pytorch_model.bin (safetensors refused: shared tensors), bbox_embed.N = model.decoder.bbox_embed.N',
+        facts=_hf_facts(_DDETR, f'{_FAMILY_CONFIGS}deformable-detr-refine_r50_official_coco.py', 300,
+                        variant=dict(with_box_refine=True, two_stage=False))),
+    SourceFormat(
+        'hf_deformable_detr_twostage', 'detr_hf', 'Deformable DETR, box refinement + two-stage (transformers)',
+        rules=HF_DEFORMABLE_DETR_TWO_STAGE_RULES, strict=True,
+        sentinels=_HF_DEFORMABLE_SENTINELS + (r'^model\.enc_output\.weight$',
+                                              r'^model\.decoder\.class_embed\.0\.weight$'),
+        containers=_HF_TOP, released=('SenseTime/deformable-detr-with-box-refine-two-stage', ),
+        source='transformers DeformableDetrForObjectDetection(with_box_refine=True, two_stage=True).save_pretrained '
+        '(5.x: model.decoder.*_embed only; 4.x pytorch_model.bin: class_embed.N/bbox_embed.N aliases)',
+        facts=_hf_facts(_DDETR, f'{_FAMILY_CONFIGS}deformable-detr-refine-twostage_r50_official_coco.py', 300,
+                        variant=dict(with_box_refine=True, two_stage=True),
+                        proposal_branch=True)),
+    SourceFormat(
+        'hf_conditional_detr', 'detr_hf', 'Conditional DETR (transformers ConditionalDetrForObjectDetection)',
+        rules=HF_CONDITIONAL_DETR_RULES, strict=True,
+        sentinels=(r'^class_labels_classifier\.weight$',
+                   r'^model\.decoder\.layers\.0\.ca_qpos_sine_proj\.weight$'),
+        containers=_HF_TOP, released=('microsoft/conditional-detr-resnet-50', ),
+        source='transformers ConditionalDetrForObjectDetection.save_pretrained (4.x and 5.x write the same)',
+        facts=_hf_facts('conditional_detr', 'mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py', 300)),
+    SourceFormat(
+        'hf_dab_detr', 'detr_hf', 'DAB-DETR (transformers DabDetrForObjectDetection)',
+        rules=HF_DAB_DETR_RULES, strict=True,
+        sentinels=(r'^model\.query_refpoint_embeddings\.weight$',
+                   r'^model\.decoder\.layers\.0\.cross_attn\.cross_attn_query_pos_sine_proj\.weight$'),
+        containers=_HF_TOP, released=('IDEA-Research/dab-detr-resnet-50', ),
+        source='transformers DabDetrForObjectDetection.save_pretrained (box MLP: 5.x bbox_predictor, '
+        '4.x model.decoder.bbox_embed)',
+        facts=_hf_facts('dab-detr', 'mmdet::dab_detr/dab-detr_r50_8xb2-50e_coco.py', 300)),
+    SourceFormat(
+        'hf_rt_detr', 'detr_hf', 'RT-DETR (transformers; not supported: no MMDetection 3.3 model)',
+        rules=HF_RT_DETR_RULES, strict=True,
+        sentinels=(r'^model\.denoising_class_embed\.weight$', r'^model\.enc_score_head\.weight$',
+                   r'^model\.encoder\.downsample_convs\.0\.'),
+        containers=_HF_TOP, surgery=(refuse_rt_detr, ),
+        source='transformers RTDetrForObjectDetection / RTDetrV2ForObjectDetection.save_pretrained',
+        facts=dict(not_supported=RT_DETR_REASON)),
+)
+# fmt: on
+
+__all__ += ['DETR_HF_FAMILY', 'DETR_HF_FORMATS', 'HF_DETR_RULES',
+            'HF_DEFORMABLE_DETR_RULES', 'HF_DEFORMABLE_DETR_REFINE_RULES',
+            'HF_DEFORMABLE_DETR_REFINE_V4_RULES',
+            'HF_DEFORMABLE_DETR_TWO_STAGE_RULES',
+            'HF_CONDITIONAL_DETR_RULES', 'HF_DAB_DETR_RULES',
+            'RT_DETR_REASON']
+
+register(DETR_HF_FAMILY, *DETR_HF_FORMATS)

@@ -2,7 +2,9 @@
 """The ResNet family: canonical names, finishing steps, and the detectron2
 and torchvision targets.
 
-Every ResNet source (:mod:`.selfsup`, :mod:`.detectron2`) renames into the
+Every ResNet source (:mod:`.selfsup`, :mod:`.detectron2`, and here
+``hf_resnet``: Hugging Face transformers' ``ResNetModel`` /
+``ResNetForImageClassification``, :data:`HF_RESNET_RULES`) renames into the
 torchvision/MMDetection naming (``conv1``, ``bn1``, ``layer1.0.conv1`` ...,
 and ``fc`` for an ImageNet classifier), the *canonical* names. The family
 then ends every conversion with:
@@ -11,8 +13,10 @@ then ends every conversion with:
   (:data:`TARGET_RULES`) drop it, unless ``--keep-fc`` asks to keep it for
   detectron2/torchvision output (:func:`refuse_keep_fc_for_mmdet` refuses
   it for MMDetection);
-* :func:`check_backbone`: the result is compared with a ResNet key set
-  (depth, missing, unexpected);
+* the result is compared with MMDetection's ``ResNet`` of the depth its
+  blocks imply (:data:`RESNET_MODULE`, built by :mod:`mmconv.verify`:
+  missing, unexpected, mis-shaped tensors in ``report.backbone``);
+  :func:`check_backbone` refuses an empty result;
 * :func:`decide_style_and_input`: what the weights cannot say is decided and
   reported: the *style* (where a bottleneck strides: ``'caffe'`` =
   detectron2 ``STRIDE_IN_1X1: True``, the MSRA models; ``'pytorch'`` =
@@ -30,19 +34,22 @@ mapping of detectron2's ``tools/convert-torchvision-to-d2.py``.
 """
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import (Any, Dict, Iterable, Mapping, NamedTuple, Optional, Set,
+                    Tuple)
 
-from ..arch import check_resnet
 from ..errors import ConversionError, UsageError
 from ..reverse import rename, reverse_rules
-from ..spec import Conversion, Family, Request, Rule, Target, register
+from ..spec import (Conversion, Family, Request, Rule, SourceFormat,
+                    Target, TargetModule, check_config, register)
 
 __all__ = [
     'BACKBONE', 'BARE_BACKBONE', 'D2_PREFIX', 'DETECTRON2_NAMES',
     'TO_DETECTRON2_RULES', 'TARGET_RULES', 'RESNET', 'DETECTRON2_TARGET',
     'TORCHVISION_TARGET', 'Preprocessing', 'TORCHVISION_PIXEL', 'MSRA_PIXEL',
-    'TORCHVISION_SOURCES', 'refuse_keep_fc_for_mmdet', 'check_backbone',
-    'decide_style_and_input', 'to_numpy_tree'
+    'StyleFact', 'TORCHVISION_NETWORK', 'refuse_keep_fc_for_mmdet',
+    'check_backbone',
+    'decide_style_and_input', 'to_numpy_tree', 'RESNET_BLOCKS',
+    'resnet_depth', 'RESNET_MODULE'
 ]
 
 #: The stem and the four stages of a torchvision/MMDetection ResNet.
@@ -90,12 +97,33 @@ _FC = re.compile(r'^fc\.')
 #: ``__author__`` values of torchvision-derived detectron2 files
 #: (detectron2's and MoCo's converters); lower case.
 _TORCHVISION_AUTHORS = ('torchvision', 'moco')
-#: Formats whose networks are torchvision ResNets (stride in the 3x3).
-TORCHVISION_SOURCES = ('moco', 'mocov3', 'swav', 'densecl', 'simsiam',
-                       'barlowtwins', 'vicreg', 'dino', 'vissl',
-                       'torchvision')
-#: Formats read from detectron2-family files (FrozenBN statistics).
-_D2_SOURCES = ('detectron2', 'caffe2')
+
+
+# --- format facts ------------------------------------------------------------
+# What a ResNet format's ``SourceFormat.facts`` may say (read by
+# :func:`decide_style_and_input` and the detectron2 target, never the
+# format's name): ``style`` (:class:`StyleFact`), ``pixel`` (the
+# :class:`Preprocessing` the layout implies whatever the style),
+# ``pixel_in_file`` (its state dict may store ``pixel_mean``/``pixel_std``),
+# ``d2_author`` (the ``__author__`` of its detectron2 output).
+class StyleFact(NamedTuple):
+    """The style a layout implies (``facts['style']``).
+
+    Attributes:
+        style (str): ``'caffe'`` or ``'pytorch'``.
+        reason (str): For the report (``{format}``: the format's name).
+        assumed (bool): A default, not implied: a torchvision ``__author__``
+            recorded in the file overrides it; reported as ASSUMED.
+    """
+
+    style: str
+    reason: str
+    assumed: bool = False
+
+
+#: ``facts`` of the formats whose networks are torchvision ResNets.
+TORCHVISION_NETWORK: Mapping[str, Any] = {'style': StyleFact(
+    'pytorch', '{format}: a torchvision ResNet (stride in the 3x3 conv)')}
 
 
 @dataclass(frozen=True)
@@ -129,6 +157,50 @@ def _fmt(values) -> str:
     return '[' + ', '.join(f'{float(v):.3f}' for v in values) + ']'
 
 
+# --- what the weights imply --------------------------------------------------
+#: depth -> (block type, blocks per stage), as in ``mmdet.models.ResNet``.
+RESNET_BLOCKS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+}
+
+
+def resnet_depth(keys: Iterable[str]) -> Optional[int]:
+    """The ResNet depth whose blocks per stage (and block type: a
+    ``conv3`` makes a bottleneck) ``keys`` in canonical names hold, or
+    None."""
+    blocks: Dict[int, Set[int]] = {}
+    bottleneck = False
+    for k in keys:
+        m = re.match(r'layer([1-4])\.(\d+)\.(\w+)', k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+            bottleneck |= m.group(3) == 'conv3'
+    counts = tuple(len(blocks.get(s, ())) for s in (1, 2, 3, 4))
+    kind = 'bottleneck' if bottleneck else 'basic'
+    return next((d for d, arch in RESNET_BLOCKS.items()
+                 if arch == (kind, counts)), None)
+
+
+def _resnet_kwargs(state_dict: Mapping[str, Any]
+                   ) -> Optional[Dict[str, Any]]:
+    depth = resnet_depth(state_dict)
+    return None if depth is None else {'depth': depth}
+
+
+#: The module a ResNet backbone is loaded into: MMDetection's ``ResNet`` of
+#: the depth the blocks imply (the ImageNet classifier aside); differences
+#: are reported (``backbone:`` line, a warning), not refused.
+RESNET_MODULE = TargetModule(
+    'mmdet.models.backbones.resnet:ResNet', _resnet_kwargs,
+    lambda args: f'ResNet-{args["depth"]} backbone', strict=False,
+    exclude=r'^fc\.',
+    unknown='not a ResNet backbone (depth could not be inferred)')
+
+
 # --- the classifier, per target ---------------------------------------------
 #: What the canonical names become for each target: ``fc`` is not part of a
 #: backbone (dropped; kept for detectron2/torchvision with ``--keep-fc``),
@@ -157,17 +229,18 @@ def refuse_keep_fc_for_mmdet(conv: 'Conversion', request: 'Request') -> None:
 
 
 def check_backbone(conv: 'Conversion', request: 'Request') -> None:
-    """Compare the result with a ResNet key set; refuse an empty one (the
-    classifier alone is empty unless ``--keep-fc`` keeps it)."""
+    """Refuse a result with no backbone tensor (the classifier alone is
+    empty unless ``--keep-fc`` keeps it); the comparison with the module
+    is ``report.backbone`` (:data:`RESNET_MODULE`)."""
     backbone = [k for k in conv.state_dict if not _FC.match(k)]
     if not backbone and not (request.keep_fc and conv.state_dict):
         raise ConversionError('no ResNet backbone tensor in the checkpoint '
                               f'(format {conv.format.name})')
-    conv.report.backbone = check_resnet(backbone)
 
 
-def _style(style: str, fmt: str, bottleneck: bool, author: Optional[str],
-           recorded: Optional[Mapping]) -> Tuple[str, str, bool]:
+def _style(style: str, fmt: SourceFormat, bottleneck: bool,
+           author: Optional[str], recorded: Optional[Mapping]
+           ) -> Tuple[str, str, bool]:
     """``(style, reason, assumed)`` for the source."""
     if not bottleneck:
         return ('pytorch', 'BasicBlock ResNet: the stride is in the first '
@@ -178,20 +251,14 @@ def _style(style: str, fmt: str, bottleneck: bool, author: Optional[str],
         s11 = bool(recorded['stride_in_1x1'])
         return ('caffe' if s11 else 'pytorch',
                 f'stride_in_1x1={s11} recorded by mmconv in the file', False)
-    if fmt == 'caffe2':
-        return ('caffe', 'Caffe2 blobs: the MSRA ResNets put the stride in '
-                'the 1x1 conv (STRIDE_IN_1X1: True)', False)
+    fact: Optional[StyleFact] = fmt.facts.get('style')
+    if fact is not None and not fact.assumed:
+        return fact.style, fact.reason.format(format=fmt.name), False
     if author and author.lower() in _TORCHVISION_AUTHORS:
         return ('pytorch', f'__author__ {author!r}: a torchvision ResNet '
                 '(stride in the 3x3 conv, STRIDE_IN_1X1: False)', False)
-    if fmt in TORCHVISION_SOURCES:
-        return ('pytorch', f'{fmt}: a torchvision ResNet (stride in the 3x3 '
-                'conv)', False)
-    if fmt == 'detectron2':
-        return ('caffe', "detectron2's default STRIDE_IN_1X1: True (model-zoo "
-                'models start from MSRA R-50/R-101); use --style pytorch if '
-                'it was trained with STRIDE_IN_1X1: False (detrex, '
-                'torchvision-initialised)', True)
+    if fact is not None:
+        return fact.style, fact.reason.format(format=fmt.name), True
     return ('pytorch', "MMDetection's default style; use --style caffe if "
             "it was trained with style='caffe'", True)
 
@@ -207,7 +274,7 @@ def _recorded(entries: Mapping) -> Optional[Mapping]:
     return None
 
 
-def _pixel(style: str, fmt: str, sd: Mapping[str, Any],
+def _pixel(style: str, facts: Mapping[str, Any], sd: Mapping[str, Any],
            recorded: Optional[Mapping]) -> Preprocessing:
     """The input normalisation the source weights expect."""
     import torch
@@ -226,24 +293,26 @@ def _pixel(style: str, fmt: str, sd: Mapping[str, Any],
         return Preprocessing(m, s, 'BGR' if bgr else 'RGB',
                              'pixel_mean/pixel_std stored in the checkpoint '
                              '(channel order inferred from the mean)')
-    if style == 'caffe' or fmt == 'caffe2':
+    if style == 'caffe':
         return MSRA_PIXEL
-    return TORCHVISION_PIXEL
+    return facts.get('pixel', TORCHVISION_PIXEL)
 
 
 def decide_style_and_input(conv: 'Conversion', request: 'Request') -> None:
     """Decide style and input normalisation; add them to the summary, the
     meta and the config hints of the target."""
-    fmt = conv.format.name
+    fmt = conv.format
     check = conv.report.backbone
+    depth = check.args.get('depth')
     entries = conv.entries
     author = entries.get('__author__') if isinstance(
         entries.get('__author__'), str) else None
     recorded = _recorded(entries)
-    bottleneck = check.depth is not None and check.depth >= 50
+    bottleneck = depth is not None and depth >= 50
     style, why, assumed = _style(request.style, fmt, bottleneck, author,
                                  recorded)
-    pixel = _pixel(style, fmt, conv.source if fmt == 'detectron2' else {},
+    pixel = _pixel(style, fmt.facts,
+                   conv.source if fmt.facts.get('pixel_in_file') else {},
                    recorded)
     target = conv.target.name
     conv.lines += [
@@ -271,12 +340,12 @@ def decide_style_and_input(conv: 'Conversion', request: 'Request') -> None:
                         'different features there')
     conv.lines += [f'warning:  {w}' for w in warnings]
     conv.meta.update({
-        'target': target, 'depth': check.depth, 'style': style,
+        'target': target, 'depth': depth, 'style': style,
         'stride_in_1x1': style == 'caffe' and bottleneck,
         'pixel_mean': list(pixel.mean), 'pixel_std': list(pixel.std),
         'input_format': pixel.channels, 'frozen_bn_filled': filled})
     has_fc = request.keep_fc and any(_FC.match(k) for k in conv.state_dict)
-    conv.hints = lambda dst: _HINTS[target](dst, check.depth, style,
+    conv.hints = lambda dst: _HINTS[target](dst, depth, style,
                                             bottleneck, pixel, has_fc)
 
 
@@ -370,8 +439,8 @@ def _build_detectron2(conv: 'Conversion', meta: Dict[str, Any]) -> Any:
     """``{'model': {name: ndarray}, '__author__', 'matching_heuristics',
     'mmconv': meta}`` (``__author__`` is ``'torchvision'`` for torchvision
     sources, as detectron2's converter writes)."""
-    fmt = conv.format.name
-    author = 'torchvision' if fmt == 'torchvision' else f'mmconv:{fmt}'
+    author = conv.format.facts.get('d2_author',
+                                   f'mmconv:{conv.format.name}')
     return {'model': to_numpy_tree(conv.state_dict), '__author__': author,
             'matching_heuristics': True, 'mmconv': meta}
 
@@ -387,7 +456,7 @@ RESNET = Family(
     finish=(refuse_keep_fc_for_mmdet, check_backbone,
             decide_style_and_input),
     targets=('mmdet', 'detectron2', 'torchvision'),
-    target_rules=TARGET_RULES)
+    target_rules=TARGET_RULES, module=RESNET_MODULE)
 DETECTRON2_TARGET = Target(
     'detectron2', 'detectron2', rules=TO_DETECTRON2_RULES,
     build=_build_detectron2, file_format='pkl', suffix='.pkl')
@@ -395,3 +464,93 @@ TORCHVISION_TARGET = Target('torchvision', 'torchvision',
                             build=_build_torchvision)
 
 register(RESNET, DETECTRON2_TARGET, TORCHVISION_TARGET)
+
+
+# --- Hugging Face transformers (ResNetModel, ResNetForImageClassification) --
+# transformers' save_pretrained layout (convert_resnet_to_pytorch.py maps
+# timm's ResNets to these; 4.x and 5.x write the same): the stem is
+# ``embedder.embedder.{convolution, normalization}``, stage ``N`` (0-3) is
+# torchvision's ``layer{N+1}``, a block's ``layer.K.{convolution,
+# normalization}`` its ``conv{K+1}`` / ``bn{K+1}``, ``shortcut`` its
+# ``downsample``; ``ResNetForImageClassification`` adds the ``resnet.``
+# prefix and ``classifier.1`` (= ``fc``).
+_TF_RESNET = r'^(?:resnet\.)?'
+_TF_STAGE = _TF_RESNET + r'encoder\.stages\.{s}\.layers\.(\d+)\.'
+
+# fmt: off
+HF_RESNET_RULES: Tuple[Rule, ...] = (
+    (_TF_RESNET + r'embedder\.embedder\.convolution\.',   'conv1.', 'stem conv (embedder.convolution)'),
+    (_TF_RESNET + r'embedder\.embedder\.normalization\.', 'bn1.',   'stem norm (embedder.normalization)'),
+) + tuple(rule for s in range(4) for rule in (
+    (_TF_STAGE.format(s=s) + r'shortcut\.convolution\.',   f'layer{s + 1}.\\1.downsample.0.', f'stage {s} shortcut conv = layer{s + 1} downsample.0'),
+    (_TF_STAGE.format(s=s) + r'shortcut\.normalization\.', f'layer{s + 1}.\\1.downsample.1.', f'stage {s} shortcut norm = layer{s + 1} downsample.1'),
+) + tuple(rule for k in range(3) for rule in (
+    (_TF_STAGE.format(s=s) + rf'layer\.{k}\.convolution\.',   f'layer{s + 1}.\\1.conv{k + 1}.', f'stage {s} block conv layer.{k} = layer{s + 1} conv{k + 1}'),
+    (_TF_STAGE.format(s=s) + rf'layer\.{k}\.normalization\.', f'layer{s + 1}.\\1.bn{k + 1}.',   f'stage {s} block norm layer.{k} = layer{s + 1} bn{k + 1}'),
+))) + (
+    (r'^classifier\.1\.', 'fc.', 'ImageNet classifier (classifier.1 = fc)'),
+)
+# fmt: on
+
+
+def hf_resnet_config(conv: 'Conversion', request: 'Request') -> None:
+    """Format step (transformers folders): what ``config.json`` says that
+    the weights cannot. ``downsample_in_first_stage`` strides layer1 (no
+    MMDetection/torchvision equivalent): refused; ``downsample_in_bottleneck``
+    strides in the first 1x1 conv (``style='caffe'``): refused unless
+    ``--style`` says so. A lone weight file has no config: transformers'
+    default (stride in the 3x3 conv, as torchvision) is assumed."""
+    cfg = conv.entries.get('config') if conv.entries else None
+    if not isinstance(cfg, dict):
+        return
+    if cfg.get('downsample_in_first_stage'):
+        raise ConversionError(
+            'config.json: downsample_in_first_stage=true (the first stage '
+            "strides): MMDetection's and torchvision's ResNet do not; no "
+            'equivalent backbone')
+    if cfg.get('downsample_in_bottleneck') and request.style == 'auto':
+        raise ConversionError(
+            'config.json: downsample_in_bottleneck=true (stride in the '
+            "first 1x1 conv, style='caffe'): convert with --style caffe")
+    if isinstance(cfg.get('hidden_act'), str) and cfg['hidden_act'] != 'relu':
+        raise ConversionError(
+            f"config.json: hidden_act={cfg['hidden_act']!r}: MMDetection's "
+            'ResNet uses relu; no equivalent backbone')
+    sd = conv.state_dict
+    blocks = [sorted({int(m.group(1)) for m in (
+        re.match(rf'layer{s}\.(\d+)\.', k) for k in sd) if m})
+        for s in range(1, 5)]
+    widths = []
+    for s, found in enumerate(blocks, 1):
+        last = [sd[f'layer{s}.0.conv{k}.weight'] for k in (3, 2)
+                if f'layer{s}.0.conv{k}.weight' in sd]
+        if last:
+            widths.append(int(last[0].shape[0]))
+    has = {'depths': [len(b) for b in blocks], 'hidden_sizes': widths}
+    check_config((name, list(cfg[name]), has[name]) for name in has
+                 if isinstance(cfg.get(name), list))
+
+
+#: transformers' ResNet image processor (microsoft/resnet-50
+#: preprocessor_config.json: ImageNet mean / std, RGB), whatever the style.
+HF_RESNET_PIXEL = Preprocessing(
+    TORCHVISION_PIXEL.mean, TORCHVISION_PIXEL.std, 'RGB',
+    'transformers ResNet image processor (ImageNet mean/std, RGB)')
+
+# fmt: off
+HF_RESNET_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'hf_resnet', 'resnet', 'Hugging Face transformers ResNet (ResNetModel, ResNetForImageClassification)',
+        rules=HF_RESNET_RULES,
+        sentinels=(_TF_RESNET + r'embedder\.embedder\.convolution\.weight$',
+                   _TF_RESNET + r'encoder\.stages\.0\.layers\.0\.layer\.0\.convolution\.weight$'),
+        containers=('state_dict', ),
+        surgery=(hf_resnet_config, ),
+        facts={'style': StyleFact('pytorch', '{format}: transformers ResNet, downsample_in_bottleneck=false (its default; config.json, when present, is checked): stride in the 3x3 conv, as torchvision'),
+               'pixel': HF_RESNET_PIXEL},
+        released=('microsoft/resnet-50 (model.safetensors / pytorch_model.bin + config.json)', 'microsoft/resnet-18'),
+        source='huggingface/transformers: models/resnet/modeling_resnet.py, convert_resnet_to_pytorch.py (timm ResNets, stride in the 3x3 conv)'),
+)
+# fmt: on
+
+register(*HF_RESNET_FORMATS)

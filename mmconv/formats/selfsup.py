@@ -18,7 +18,7 @@ accept it too (:data:`~.resnet.BARE_BACKBONE` rules).
 from typing import Tuple
 
 from ..spec import SourceFormat, register
-from .resnet import BACKBONE, BARE_BACKBONE
+from .resnet import BACKBONE, BARE_BACKBONE, TORCHVISION_NETWORK
 
 __all__ = ['SELFSUP_FORMATS']
 
@@ -40,6 +40,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         ),
         sentinels=(r'^(?:module\.)?encoder_q\.conv1\.weight$',),
         released=('moco_v1_200ep_pretrain.pth.tar', 'moco_v2_800ep_pretrain.pth.tar'),
+        facts=TORCHVISION_NETWORK,
         source='facebookresearch/moco: main_moco.py saves {epoch, arch, state_dict, optimizer} of the DDP model'),
     _resnet(
         'mocov3', 'MoCo v3 (ResNet)',
@@ -51,6 +52,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         ),
         sentinels=(r'^(?:module\.)?base_encoder\.conv1\.weight$',),
         released=('r-50-1000ep.pth.tar', 'r-50-300ep.pth.tar'),
+        facts=TORCHVISION_NETWORK,
         source='facebookresearch/moco-v3: main_moco.py saves {epoch, arch, state_dict, optimizer, scaler}'),
     _resnet(
         'swav', 'SwAV',
@@ -61,6 +63,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         ),
         sentinels=(r'^(?:module\.)?prototypes\.weight$', r'^(?:module\.)?projection_head\.'),
         released=('swav_800ep_pretrain.pth.tar',),
+        facts=TORCHVISION_NETWORK,
         source='facebookresearch/swav: released files are the bare DDP state dict; training checkpoints wrap it in state_dict'),
     _resnet(
         'densecl', 'DenseCL',
@@ -73,6 +76,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         ) + BARE_BACKBONE,
         sentinels=(r'^queue2$', r'^encoder_q\.1\.mlp2\.'),
         released=('densecl_r50_imagenet_200ep.pth', 'densecl_r50_coco_1600ep.pth'),
+        facts=TORCHVISION_NETWORK,
         source='WXinlong/DenseCL (OpenSelfSup): mmcv checkpoint {meta, state_dict, optimizer}; released files via extract_backbone_weights.py'),
     _resnet(
         'simsiam', 'SimSiam',
@@ -83,6 +87,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         ),
         sentinels=(r'^(?:module\.)?encoder\.conv1\.weight$',),
         released=('checkpoint_0099.pth.tar',),
+        facts=TORCHVISION_NETWORK,
         source='facebookresearch/simsiam: main_simsiam.py saves {epoch, arch, state_dict, optimizer}'),
     _resnet(
         'barlowtwins', 'Barlow Twins',
@@ -94,6 +99,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         sentinels=(r'^(?:module\.)?bn\.running_mean$', r'^(?:module\.)?projector\.'),
         containers=('model', ),
         released=('resnet50.pth', 'checkpoint.pth'),
+        facts=TORCHVISION_NETWORK,
         source='facebookresearch/barlowtwins: main.py saves {epoch, model, optimizer}; resnet50.pth is the bare backbone'),
     _resnet(
         'vicreg', 'VICReg',
@@ -104,6 +110,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         sentinels=(r'^(?:module\.)?projector\.',),
         containers=('model', ),
         released=('resnet50.pth', 'model.pth'),
+        facts=TORCHVISION_NETWORK,
         source='facebookresearch/vicreg: main_vicreg.py saves {epoch, model, optimizer}; resnet50.pth is the bare backbone'),
     _resnet(
         'dino', 'DINO (ResNet-50)',
@@ -115,6 +122,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         sentinels=(r'^(?:module\.)?head\.last_layer\.weight_[gv]$', r'^(?:module\.)?backbone\.(?:conv1|layer1)\.'),
         containers=('teacher', 'student'),
         released=('dino_resnet50_pretrain_full_checkpoint.pth', 'dino_resnet50_pretrain.pth'),
+        facts=TORCHVISION_NETWORK,
         source='facebookresearch/dino: main_dino.py saves {student, teacher, optimizer, epoch, args, dino_loss}'),
     _resnet(
         'vissl', 'VISSL / ClassyVision',
@@ -125,6 +133,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         ),
         sentinels=(r'^_feature_blocks\.conv1\.weight$',),
         containers=('classy_state_dict', 'base_model', 'model', 'trunk'),
+        facts=TORCHVISION_NETWORK,
         source="facebookresearch/vissl: checkpoint['classy_state_dict']['base_model']['model']['trunk']"),
     _resnet(
         'mmpretrain', 'mmpretrain / mmselfsup algorithm (MoCoV2, MoCoV3, SwAV, DenseCL, BYOL, SimCLR, BarlowTwins, SimSiam, ...)',
@@ -145,6 +154,7 @@ SELFSUP_FORMATS: Tuple[SourceFormat, ...] = (
         sentinels=(r'^fc\.weight$', r'^conv1\.weight$'),
         containers=(),
         released=('resnet50-0676ba61.pth', 'resnet50-11ad3fa6.pth'),
+        facts=dict(TORCHVISION_NETWORK, d2_author='torchvision'),
         source='pytorch/vision: bare state dict of torchvision.models.resnet*'),
     _resnet(
         'mmdet', 'MMDetection / mmconv ResNet backbone (already converted)',

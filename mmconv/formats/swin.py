@@ -44,6 +44,15 @@ format                 layout (as the official code saves it)
                        else
 ``mmpretrain_swinv2``  mmpretrain ``SwinTransformerV2`` state dicts (mmconv's
                        output, an ``ImageClassifier``'s ``backbone.*``)
+``hf_swin``            Hugging Face transformers ``SwinModel`` /
+                       ``SwinFor*`` (``swin.`` prefix): ``save_pretrained``
+                       files of 4.x (+ ``relative_position_index``) and 5.x,
+                       and 5.x ``state_dict()`` (``q_proj`` ... ``o_proj``);
+                       separate query/key/value fused into ``qkv``
+``hf_swinv2``          Hugging Face transformers ``Swinv2Model`` /
+                       ``Swinv2For*`` (``swinv2.`` prefix): query/key/value
+                       weights fused, query/value biases = ``q_bias`` /
+                       ``v_bias``; the window is in ``config.json`` only
 =====================  =======================================================
 
 Besides renaming (the report lists every tensor):
@@ -75,19 +84,21 @@ Besides renaming (the report lists every tensor):
   (``Family.fit_options``); the change is listed. Swin V2 has no table (its
   continuous ``cpb_mlp`` is evaluated at any window); the config must then
   set ``pretrained_window_sizes``.
-* :func:`swin_architecture` checks the result is one complete Swin and
-  records the backbone arguments the weights imply (embed dims, depths,
-  heads, window, MLP ratio) in ``meta['swin']``, a summary line and the
-  config hints.
+* the result is checked against the target module itself
+  (:data:`SWIN_MODULE`, :data:`SWINV2_MODULE`, built by
+  :mod:`mmconv.verify` with the arguments the weights imply) and
+  :func:`swin_architecture` records them (embed dims, depths, heads,
+  window, MLP ratio) in ``meta['swin']``, a summary line and the config
+  hints.
 """
 import math
 import re
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..errors import ConversionError, UsageError
-from ..ops import Regroup, ResizeTable
+from ..ops import Concatenate, Regroup, ResizeTable
 from ..spec import (Conversion, Family, OptionFit, Request, Rule,
-                    SourceFormat, register)
+                    SourceFormat, TargetModule, check_config, register)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -312,7 +323,9 @@ def infer_swin(state_dict: Dict[str, 'torch.Tensor'], v2: bool
         ``mlp_ratio``, ``qkv_bias`` (v1), ``in_channels``.
 
     Raises:
-        ConversionError: Not one complete Swin (names what is missing).
+        ConversionError: The tensors the arguments are read from are
+            missing (the rest is checked against the target module itself,
+            :data:`SWIN_MODULE` / :data:`SWINV2_MODULE`).
     """
     keys = list(state_dict)
     proj = state_dict.get('patch_embed.projection.weight')
@@ -358,16 +371,21 @@ def infer_swin(state_dict: Dict[str, 'torch.Tensor'], v2: bool
 
 
 def _source_v2_window(conv: 'Conversion') -> Optional[int]:
-    """The pre-training window of a V2 file (its coordinate table), if any."""
+    """The pre-training window of a V2 file (its coordinate table, or the
+    ``window_size`` of a transformers folder's config.json), if any."""
     for key, value in conv.source.items():
         if key.endswith('relative_coords_table') and value.dim() == 4:
             return (int(value.shape[1]) + 1) // 2
+    cfg = conv.entries.get('config') if conv.entries else None
+    if isinstance(cfg, dict) and isinstance(cfg.get('window_size'), int):
+        return cfg['window_size']
     return None
 
 
 def swin_architecture(conv: 'Conversion', request: 'Request') -> None:
-    """Family step: check the result is one Swin, record its arguments
-    (``meta['swin']``, summary line, notes on fresh norms, config hints)."""
+    """Family step: record the result's arguments (``meta['swin']``,
+    summary line, notes on fresh norms, config hints); the target module
+    checked it is one Swin."""
     v2 = conv.family.name == 'swinv2'
     args = infer_swin(conv.state_dict, v2)
     if v2:
@@ -443,6 +461,60 @@ def _hints(args: Dict[str, Any], v2: bool, dst: str) -> str:
     return '\n'.join(lines)
 
 
+def _swin_kwargs(state_dict: Dict[str, 'torch.Tensor']) -> Dict[str, Any]:
+    """MMDetection ``SwinTransformer`` arguments that give the result's
+    tensors."""
+    args = infer_swin(state_dict, False)
+    if args['window_size'] is None:
+        table = state_dict['stages.0.blocks.0.attn.w_msa.' + _TABLE]
+        raise ConversionError(
+            f'stages.0.blocks.0.attn.w_msa.{_TABLE} {list(table.shape)}: '
+            'not the (2W - 1)^2 rows of a window W: not a Swin backbone')
+    ratio = args['mlp_ratio']
+    if ratio != int(ratio):
+        raise ConversionError(
+            f'MLP ratio {ratio:g} (stages.0.blocks.0.ffn): MMDetection\'s '
+            'SwinTransformer builds integer ratios only')
+    return dict(in_channels=args['in_channels'],
+                embed_dims=args['embed_dims'],
+                patch_size=args['patch_size'],
+                window_size=args['window_size'],
+                mlp_ratio=int(ratio), depths=tuple(args['depths']),
+                num_heads=tuple(args['num_heads']),
+                strides=(args['patch_size'], 2, 2, 2),
+                out_indices=(0, 1, 2, 3), qkv_bias=args['qkv_bias'],
+                drop_path_rate=0.)
+
+
+def _swinv2_kwargs(state_dict: Dict[str, 'torch.Tensor']
+                   ) -> Dict[str, Any]:
+    """mmpretrain ``SwinTransformerV2`` arguments that give the result's
+    tensors (the window shapes none of them)."""
+    args = infer_swin(state_dict, True)
+    return dict(arch=dict(embed_dims=args['embed_dims'],
+                          depths=list(args['depths']),
+                          num_heads=list(args['num_heads']),
+                          extra_norm_every_n_blocks=0),
+                in_channels=args['in_channels'],
+                patch_size=args['patch_size'], out_indices=(0, 1, 2, 3),
+                drop_path_rate=0.)
+
+
+def _what(args: Dict[str, Any]) -> str:
+    arch = args.get('arch', args)
+    return (f'Swin{" V2" if "arch" in args else ""} (embed_dims='
+            f'{arch["embed_dims"]}, depths={list(arch["depths"])})')
+
+
+#: The modules Swin results are loaded into, with the arguments the
+#: weights imply: MMDetection's ``SwinTransformer`` and mmpretrain's
+#: ``SwinTransformerV2`` (its MLP ratio, 4, is fixed).
+SWIN_MODULE = TargetModule('mmdet.models.backbones.swin:SwinTransformer',
+                           _swin_kwargs, _what)
+SWINV2_MODULE = TargetModule(
+    'mmpretrain.models.backbones.swin_transformer_v2:SwinTransformerV2',
+    _swinv2_kwargs, _what)
+
 # --- declarations ------------------------------------------------------------
 _NEVER = (r'^norm[0-2]\.(?:weight|bias)$',
           r'(?:^|\.)attn\.w_msa\.relative_position_index$')
@@ -454,7 +526,8 @@ SWIN_FAMILY = Family(
     'swin', 'Swin Transformer backbone', options=('prefix', 'window_size'),
     finish=(window_option, swin_architecture),
     targets=('mmdet', ), never_pretrained=_NEVER, fit=FIT_RULES,
-    self_loading=(_SELF_LOADING_SWIN, ), fit_options=_WINDOW)
+    self_loading=(_SELF_LOADING_SWIN, ), fit_options=_WINDOW,
+    module=SWIN_MODULE)
 SWINV2_FAMILY = Family(
     'swinv2', 'Swin Transformer V2 backbone',
     options=('prefix', 'window_size'),
@@ -462,7 +535,7 @@ SWINV2_FAMILY = Family(
     targets=('mmdet', ),
     never_pretrained=_NEVER + (
         r'(?:^|\.)attn\.w_msa\.relative_coords_table$', ),
-    fit_options=_WINDOW)
+    fit_options=_WINDOW, module=SWINV2_MODULE)
 
 _T1 = r'layers\.0\.blocks\.0\.attn\.relative_position_bias_table$'
 _T2 = r'layers\.0\.blocks\.0\.attn\.cpb_mlp\.0\.weight$'
@@ -532,3 +605,182 @@ SWIN_FORMATS: Tuple[SourceFormat, ...] = (
 # fmt: on
 
 register(SWIN_FAMILY, SWINV2_FAMILY, *SWIN_FORMATS)
+
+
+# --- Hugging Face transformers (SwinModel, Swinv2Model, *ForImage...) -------
+# transformers' save_pretrained layout (convert_swin_timm_to_pytorch.py and
+# convert_swinv2_timm_to_pytorch.py map timm's names to these): blocks under
+# encoder.layers.N.blocks.M with separate query/key/value linears,
+# ``downsample`` ending stage N (as the official code), the final
+# ``layernorm``; ``*ForImageClassification`` adds the ``swin.`` /
+# ``swinv2.`` prefix and ``classifier``. 4.x also saves v1's
+# relative_position_index buffers; 5.x saves no buffer.
+_HF_BLOCK = r'encoder\.layers\.(\d+)\.blocks\.(\d+)\.'
+_HF_QKV_WHY = ('{what}: attention query, key, value linears fused into qkv '
+               '(q, k, v order)')
+
+
+def _hf_rules(model: str, what: str, v2: bool) -> Tuple[Rule, ...]:
+    """transformers' Swin (``model='swin'``) or Swin V2 (``'swinv2'``)
+    names -> the family's canonical names."""
+    pre = rf'^(?:{model}\.)?'
+    b = pre + _HF_BLOCK
+    a = b + r'attention\.self\.'
+    fused = _HF_QKV_WHY.format(what=what)
+    if v2:
+        # Swinv2SelfAttention: key has no bias; q and v biases are
+        # mmpretrain WindowMSAV2's q_bias / v_bias beside a bias-free qkv
+        attention: Tuple[Rule, ...] = (
+            Rule(a + r'(?P<part>query|key|value)\.weight$',
+                 _S + 'attn.w_msa.qkv.weight', fused, ops=(Concatenate(0), ),
+                 parts=('query', 'key', 'value')),
+            (a + r'query\.bias$', _S + 'attn.w_msa.q_bias',
+             f'{what}: query bias = q_bias'),
+            (a + r'value\.bias$', _S + 'attn.w_msa.v_bias',
+             f'{what}: value bias = v_bias'),
+            (a + r'logit_scale$', _S + 'attn.w_msa.logit_scale',
+             f'{what}: cosine attention logit scale'),
+            (a + r'continuous_position_bias_mlp\.(\d+)\.',
+             _S + r'attn.w_msa.cpb_mlp.\3.',
+             f'{what}: continuous position bias MLP (cpb_mlp)'),
+        )
+    else:
+        attention = (
+            Rule(a + r'(?P<part>query|key|value)\.(weight|bias)$',
+                 _S + r'attn.w_msa.qkv.\4', fused, ops=(Concatenate(0), ),
+                 parts=('query', 'key', 'value')),
+            (a + r'relative_position_bias_table$',
+             _S + 'attn.w_msa.relative_position_bias_table',
+             f'{what}: relative position bias table'),
+            # transformers 5 module names (model.state_dict(); its
+            # save_pretrained writes the 4.x names above)
+            Rule(b + r'attention\.(?P<part>q_proj|k_proj|v_proj)\.'
+                 r'(weight|bias)$', _S + r'attn.w_msa.qkv.\4',
+                 fused.replace('query, key, value', 'q_proj, k_proj, v_proj'),
+                 ops=(Concatenate(0), ), parts=('q_proj', 'k_proj', 'v_proj')),
+            (b + r'attention\.relative_position_bias\.'
+             r'relative_position_index$', None, _INDEX_WHY),
+            (b + r'attention\.relative_position_bias\.'
+             r'relative_position_bias_table$',
+             _S + 'attn.w_msa.relative_position_bias_table',
+             f'{what}: relative position bias table'),
+            (b + r'attention\.o_proj\.', _S + 'attn.w_msa.proj.',
+             f'{what}: attention output projection (o_proj)'),
+            (b + r'mlp\.fc1\.', _S + 'ffn.layers.0.0.',
+             f'{what}: MLP fc1'),
+            (b + r'mlp\.fc2\.', _S + 'ffn.layers.1.', f'{what}: MLP fc2'),
+        )
+    return (
+        (a + r'relative_position_index$', None, _INDEX_WHY),
+        (a + r'relative_coords_table$', None, _COORDS_WHY),
+    ) + attention + (
+        (b + r'attention\.output\.dense\.', _S + 'attn.w_msa.proj.',
+         f'{what}: attention output projection'),
+        (b + r'layernorm_before\.', _S + 'norm1.',
+         f'{what}: block norm (layernorm_before = norm1)'),
+        (b + r'layernorm_after\.', _S + 'norm2.',
+         f'{what}: block norm (layernorm_after = norm2)'),
+        (b + r'intermediate\.dense\.', _S + 'ffn.layers.0.0.',
+         f'{what}: MLP fc1 (intermediate.dense)'),
+        (b + r'output\.dense\.', _S + 'ffn.layers.1.',
+         f'{what}: MLP fc2 (output.dense)'),
+    ) + _downsample(pre + r'encoder\.', 0, 1 if v2 else 0, what, v2) + (
+        (pre + r'embeddings\.patch_embeddings\.projection\.',
+         'patch_embed.projection.', f'{what}: patch embedding'),
+        (pre + r'embeddings\.norm\.', 'patch_embed.norm.',
+         f'{what}: patch embedding norm'),
+        (pre + r'embeddings\.position_embeddings$', 'absolute_pos_embed',
+         f'{what}: absolute position embedding '
+         '(use_absolute_embeddings=True)'),
+        (pre + r'embeddings\.mask_token$', None,
+         'mask token (masked-image-modelling input of '
+         f'{model.capitalize()}ForMaskedImageModeling)'),
+        (pre + r'layernorm\.', 'norm3.',
+         f'{what}: final layernorm = output norm of the last stage (norm3 '
+         'of the pyramid, out_indices (0, 1, 2, 3))'),
+        (r'^classifier\.', None, 'ImageNet classifier (classifier)'),
+        (r'^decoder\.', None, 'masked-image-modelling decoder (1x1 conv + '
+         'pixel shuffle)'),
+    )
+
+
+HF_SWIN_RULES = _hf_rules('swin', 'transformers Swin', False)
+HF_SWINV2_RULES = _hf_rules('swinv2', 'transformers Swin V2', True)
+
+
+def _hf_heads(conv: 'Conversion', v2: bool) -> List[int]:
+    """Heads per stage the converted weights hold (block 0 of each)."""
+    heads = []
+    for s in range(4):
+        attn = f'stages.{s}.blocks.0.attn.w_msa.'
+        t = conv.state_dict.get(attn + ('logit_scale' if v2 else _TABLE))
+        if t is not None:
+            heads.append(int(t.shape[0] if v2 else t.shape[1]))
+    return heads
+
+
+def hf_swin_config(conv: 'Conversion', request: 'Request') -> None:
+    """Format step (transformers folders): the ``config.json`` beside the
+    weights must describe them (heads, window, widths); it supplies what
+    the weights cannot say (Swin V2's window, its pre-training windows),
+    as notes. A lone weight file has no config: nothing to do."""
+    cfg = conv.entries.get('config') if conv.entries else None
+    if not isinstance(cfg, dict):
+        return
+    v2 = conv.family.name == 'swinv2'
+    facts = []
+    heads = _hf_heads(conv, v2)
+    if isinstance(cfg.get('num_heads'), list):
+        facts.append(('num_heads', list(cfg['num_heads'])[:len(heads)],
+                      heads))
+    proj = conv.state_dict.get('patch_embed.projection.weight')
+    if proj is not None and isinstance(cfg.get('embed_dim'), int):
+        facts.append(('embed_dim', cfg['embed_dim'], int(proj.shape[0])))
+    table = conv.state_dict.get('stages.0.blocks.0.attn.w_msa.' + _TABLE)
+    window = cfg.get('window_size')
+    if not v2 and table is not None and isinstance(window, int):
+        facts.append(('window_size', window, _window_of(table.shape[0])))
+    check_config(facts)
+    if v2 and isinstance(window, int):
+        pretrained = cfg.get('pretrained_window_sizes') or []
+        conv.notes.append(
+            f'config.json: window_size={window}' + (
+                f', pretrained_window_sizes={list(pretrained)}: set both '
+                'in the mmpretrain SwinTransformerV2 config'
+                if any(pretrained) else
+                ' (pretrained_window_sizes all 0: build with '
+                f'window_size={window}, pretrained_window_sizes=[{window}] '
+                '* 4 or [0] * 4)'))
+
+
+_HF_T1 = _HF_BLOCK.replace(r'(\d+)', '0') + \
+    r'attention\.(?:self|relative_position_bias)\.' \
+    r'relative_position_bias_table$'
+_HF_T2 = _HF_BLOCK.replace(r'(\d+)', '0') + \
+    r'attention\.self\.continuous_position_bias_mlp\.0\.weight$'
+_HF_STEM = r'embeddings\.patch_embeddings\.projection\.weight$'
+_HF_END0 = r'encoder\.layers\.0\.downsample\.reduction\.weight$'
+
+# fmt: off
+HF_SWIN_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'hf_swin', 'swin', 'Hugging Face transformers Swin (SwinModel, SwinForImageClassification)',
+        rules=HF_SWIN_RULES,
+        sentinels=(r'^(?:swin\.)?' + _HF_T1, r'^(?:swin\.)?' + _HF_STEM, r'^(?:swin\.)?' + _HF_END0),
+        containers=('state_dict', ),
+        surgery=(hf_swin_config, ),
+        released=('microsoft/swin-tiny-patch4-window7-224 (model.safetensors + config.json)',
+                  'microsoft/swin-base-patch4-window12-384-in22k'),
+        source='huggingface/transformers: models/swin/modeling_swin.py, convert_swin_timm_to_pytorch.py (timm -> transformers names); 4.x saves relative_position_index, 5.x no buffer'),
+    SourceFormat(
+        'hf_swinv2', 'swinv2', 'Hugging Face transformers Swin V2 (Swinv2Model, Swinv2ForImageClassification)',
+        rules=HF_SWINV2_RULES,
+        sentinels=(r'^(?:swinv2\.)?' + _HF_T2, r'^(?:swinv2\.)?' + _HF_STEM, r'^(?:swinv2\.)?' + _HF_END0),
+        containers=('state_dict', ),
+        surgery=(hf_swin_config, ),
+        released=('microsoft/swinv2-tiny-patch4-window8-256 (model.safetensors + config.json)', ),
+        source='huggingface/transformers: models/swinv2/modeling_swinv2.py, convert_swinv2_timm_to_pytorch.py'),
+)
+# fmt: on
+
+register(*HF_SWIN_FORMATS)

@@ -35,6 +35,15 @@ format                layout (as the official code saves it)
 ``mmpretrain_vit``    open-mmlab/mmpretrain 1.x self-supervised ViT algorithms
                       (MAE, MoCoV3, ...; MMEngine checkpoint, mmpretrain's own
                       ``backbone.layers.N.ln1/attn/ffn`` naming)
+``hf_vit``            transformers ``ViTModel`` / ``ViTForImageClassification``
+                      / ``ViTMAEModel`` (``save_pretrained`` folder, lone
+                      ``model.safetensors``, or 5.x ``state_dict()``):
+                      separate ``query``/``key``/``value`` fused into ``qkv``
+``hf_vit_mae``        transformers ``ViTMAEForPreTraining`` (``vit.*`` +
+                      ``decoder.*``)
+``hf_dinov2``         transformers ``Dinov2Model`` /
+                      ``Dinov2WithRegistersModel`` (and their classifiers):
+                      ``layer_scale{1,2}.lambda1``, SwiGLU ``weights_in/out``
 ====================  =========================================================
 
 What the conversion does besides renaming (the report lists every tensor):
@@ -53,9 +62,10 @@ What the conversion does besides renaming (the report lists every tensor):
   ``nn.Identity`` up to its first block) and its SwiGLU ``mlp.w12`` /
   ``mlp.w3`` become ``mlp.fc1`` / ``mlp.fc2`` (same packing), both in the
   rule tables; :func:`check_block_chunks` checks the chunk layout;
-* the family step :func:`vit_architecture` checks that the result is one
-  complete, consistent ViT and records the ``ViTDet`` arguments the weights
-  imply (``meta['vit']``, the ``vit:`` summary line, the config hints).
+* the result is checked against ``ViTDet`` itself (:data:`VIT_MODULE`,
+  built by :mod:`mmconv.verify` with the arguments the weights imply);
+  the family step :func:`vit_architecture` records those arguments
+  (``meta['vit']``, the ``vit:`` summary line, the config hints).
   Attention heads are not in the weights (``qkv`` is ``(3C, C)`` for any
   head count): they come from the official model definitions
   (:data:`NUM_HEADS`), and the summary says so.
@@ -69,9 +79,9 @@ import re
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import ConversionError
-from ..ops import OpContext, SliceTokens
+from ..ops import Concatenate, OpContext, ResampleGrid, SliceTokens
 from ..spec import (Conversion, Family, Request, Rule, SourceFormat,
-                    check_shapes, register)
+                    TargetModule, register)
 
 __all__ = [
     'VIT_FAMILY', 'VIT_FORMATS', 'NUM_HEADS', 'STRIP_CLASS_SLOT',
@@ -280,6 +290,9 @@ def _mlp_ratio(hidden: int, dim: int) -> float:
 
 def _heads(conv: 'Conversion', dim: int) -> Tuple[int, str]:
     """Attention heads and where the number comes from."""
+    heads = _config_heads(conv)  # transformers config.json, when given
+    if heads:
+        return heads, 'num_attention_heads of config.json'
     fmt = conv.format.name
     table = dict(NUM_HEADS)
     table.update(FORMAT_NUM_HEADS.get(fmt, {}))
@@ -303,8 +316,9 @@ def infer_vit(state_dict: Dict[str, Any]) -> Dict[str, Any]:
         (bool), ``final_norm`` (no ``num_heads``: not in the weights).
 
     Raises:
-        ConversionError: Not one complete, consistent ViT (lists the
-            missing, unexpected and mis-shaped tensors).
+        ConversionError: The tensors the arguments are read from are
+            missing or do not fit together (the rest is checked against
+            ViTDet itself, :data:`VIT_MODULE`).
     """
     for key in ('patch_embed.proj.weight', 'pos_embed',
                 'blocks.0.mlp.fc1.weight', 'blocks.0.mlp.fc2.weight'):
@@ -344,39 +358,7 @@ def infer_vit(state_dict: Dict[str, Any]) -> Dict[str, Any]:
                 qkv_bias='blocks.0.attn.qkv.bias' in state_dict,
                 layer_scale='blocks.0.ls1.gamma' in state_dict,
                 final_norm='norm.weight' in state_dict)
-    check_shapes(state_dict, _expected_shapes(args, hidden, fc2_in, grid),
-                 f'ViT (embed_dim={dim}, depth={depth}, patch_size={patch})')
     return args
-
-
-def _expected_shapes(args: Dict[str, Any], hidden: int, fc2_in: int,
-                     grid: int) -> Dict[str, Tuple[int, ...]]:
-    """Every tensor of the ViTDet ``args`` describe (no rel pos)."""
-    c, p = args['embed_dim'], args['patch_size']
-    out: Dict[str, Tuple[int, ...]] = {
-        'patch_embed.proj.weight': (c, args['in_channels'], p, p),
-        'patch_embed.proj.bias': (c, ),
-        'pos_embed': (1, grid * grid, c),
-    }
-    for i in range(args['depth']):
-        b = f'blocks.{i}.'
-        out.update({
-            b + 'norm1.weight': (c, ), b + 'norm1.bias': (c, ),
-            b + 'attn.qkv.weight': (3 * c, c),
-            b + 'attn.proj.weight': (c, c), b + 'attn.proj.bias': (c, ),
-            b + 'norm2.weight': (c, ), b + 'norm2.bias': (c, ),
-            b + 'mlp.fc1.weight': (hidden, c), b + 'mlp.fc1.bias': (hidden, ),
-            b + 'mlp.fc2.weight': (c, fc2_in), b + 'mlp.fc2.bias': (c, ),
-        })
-        if args['qkv_bias']:
-            out[b + 'attn.qkv.bias'] = (3 * c, )
-        if args['layer_scale']:
-            out[b + 'ls1.gamma'] = (c, )
-            out[b + 'ls2.gamma'] = (c, )
-    if args['final_norm']:
-        out['norm.weight'] = (c, )
-        out['norm.bias'] = (c, )
-    return out
 
 
 def _yes(flag: bool) -> str:
@@ -384,8 +366,9 @@ def _yes(flag: bool) -> str:
 
 
 def vit_architecture(conv: 'Conversion', request: 'Request') -> None:
-    """Family step: check the result is one ViT and record the ViTDet
-    arguments it implies (``meta['vit']``, summary line, config hints)."""
+    """Family step: record the ViTDet arguments the result implies
+    (``meta['vit']``, summary line, config hints); :data:`VIT_MODULE`
+    checked it is one ViT."""
     args = infer_vit(conv.state_dict)
     heads, why = _heads(conv, args['embed_dim'])
     args['num_heads'] = heads
@@ -444,11 +427,41 @@ def _hints(args: Dict[str, Any], dst: str) -> str:
     return '\n'.join(lines)
 
 
+def _vitdet_kwargs(state_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """The ViTDet arguments that give the result's tensors (the number of
+    heads shapes none: 1; every block global)."""
+    args = infer_vit(state_dict)
+    return dict(img_size=args['img_size'], patch_size=args['patch_size'],
+                in_channels=args['in_channels'], embed_dim=args['embed_dim'],
+                depth=args['depth'], num_heads=1,
+                mlp_ratio=args['mlp_ratio'], qkv_bias=args['qkv_bias'],
+                layer_scale=1e-5 if args['layer_scale'] else None,
+                mlp=args['mlp'], final_norm=args['final_norm'],
+                window_size=0, global_attn_indexes=())
+
+
+#: The module a ViT result is loaded into: mmconv's ViTDet
+#: (:class:`mmconv.models.ViTDet`) with the arguments the weights imply.
+VIT_MODULE = TargetModule(
+    'mmconv.models.vit:ViTDet', _vitdet_kwargs,
+    lambda a: f'ViT (embed_dim={a["embed_dim"]}, depth={a["depth"]}, '
+    f'patch_size={a["patch_size"]})')
+
+#: ``Family.fit``: the patch position embedding resampled (bicubic) to the
+#: grid of the module it is loaded into (``SelfSupPretrained``), as timm's
+#: ``resample_abs_pos_embed`` and mmpretrain's ``resize_pos_embed`` do at
+#: load time: a 224-px DINOv2 run (16x16) into the 518-px config (37x37).
+#: Other channels or a non-square grid are left for the shape check.
+FIT_RULES: Tuple[Rule, ...] = (
+    Rule(r'^pos_embed$', r'\g<0>', 'patch position embedding',
+         ops=(ResampleGrid(), )), )
+
 # --- declarations ----------------------------------------------------------
 VIT_FAMILY = Family('vit', 'Vision Transformer backbone',
                     options=('select', 'prefix'),
                     finish=(vit_architecture, ), targets=('mmdet', ),
-                    never_pretrained=(r'(?:^|\.)attn\.rel_pos_[hw]$', ))
+                    never_pretrained=(r'(?:^|\.)attn\.rel_pos_[hw]$', ),
+                    module=VIT_MODULE, fit=FIT_RULES)
 
 _QKV0 = r'blocks\.0\.attn\.qkv\.weight$'
 
@@ -523,3 +536,234 @@ VIT_FORMATS: Tuple[SourceFormat, ...] = (
 # fmt: on
 
 register(VIT_FAMILY, *VIT_FORMATS)
+
+
+# --- Hugging Face transformers -------------------------------------------
+# ViTModel / ViTForImageClassification / ViTMAEModel (``hf_vit``),
+# ViTMAEForPreTraining (``hf_vit_mae``), Dinov2Model / Dinov2WithRegisters-
+# Model / their *ForImageClassification (``hf_dinov2``), as
+# ``save_pretrained`` writes them (transformers 4.x and 5.x write the same
+# names; 5.x's own modules have others, which ``torch.save(model.
+# state_dict())`` writes: ``layers.N.attention.{q,k,v,o}_proj``, DINOv2
+# ``mlp.{gate,up,down}_proj``; both are read). Recorded layouts:
+# tests/fixtures/hf_vit_layouts.py. transformers' convert_vit_timm_to_
+# pytorch.py, convert_vit_mae_to_pytorch.py and convert_dinov2_to_hf.py
+# split timm's ``qkv`` rows into query [0, C), key [C, 2C), value [2C, 3C):
+# the rules concatenate them back in that order; DINOv2's ``w12`` / ``w3``
+# become ``weights_in`` / ``weights_out`` unchanged (same packing as
+# ViTDet's SwiGLU ``fc1`` / ``fc2``), and 5.x's ``gate_proj`` / ``up_proj``
+# are ``weights_in`` chunked in two (``conversion_mapping``), concatenated
+# back here.
+_HF_VIT = r'^(?:vit\.)?'
+_HF_DINOV2 = r'^(?:dinov2\.|dinov2_with_registers\.)?'
+#: a transformer layer: ``encoder.layer.N.`` (the files), ``layers.N.``
+#: (transformers 5 ViT modules)
+_HF_LAYER = r'(?:encoder\.layer|layers)\.(\d+)\.'
+_QKV_WHY = ('attention {0}, {1}, {2} projections fused into qkv '
+            '(cat([q, k, v], 0), the rows transformers split them from)')
+
+
+def _hf_qkv(prefix: str) -> Tuple[Rule, ...]:
+    """The separate q, k, v linears of a transformers ViT layer -> ViTDet
+    ``attn.qkv`` (files: ``attention.attention.{query,key,value}``;
+    transformers 5 modules: ``attention.{q,k,v}_proj``)."""
+    out = []
+    for tail, parts in (
+            (r'attention\.attention\.(?P<part>query|key|value)',
+             ('query', 'key', 'value')),
+            (r'attention\.(?P<part>q_proj|k_proj|v_proj)',
+             ('q_proj', 'k_proj', 'v_proj'))):
+        out.append(Rule(prefix + _HF_LAYER + tail + r'\.(weight|bias)$',
+                        r'blocks.\1.attn.qkv.\3', _QKV_WHY.format(*parts),
+                        ops=(Concatenate(0), ), parts=parts))
+    return tuple(out)
+
+
+def _hf_embeddings(prefix: str, what: str) -> Tuple[Rule, ...]:
+    """Embeddings, final norm and heads of a transformers ViT model."""
+    return (
+        (prefix + r'embeddings\.cls_token$', None,
+         'class token (the detector feeds patch tokens only)'),
+        (prefix + r'embeddings\.register_tokens$', None,
+         'register tokens (Dinov2WithRegisters; not used by the detector)'),
+        (prefix + r'embeddings\.mask_token$', None,
+         'mask token (masked-image-modelling input)'),
+        Rule(prefix + r'embeddings\.position_embeddings$', 'pos_embed',
+             f'{what}: position embedding (position_embeddings)',
+             ops=(STRIP_CLASS_SLOT, )),
+        (prefix + r'embeddings\.patch_embeddings\.projection\.',
+         'patch_embed.proj.', f'{what}: patch embedding (projection)'),
+        (prefix + r'layernorm\.', 'norm.', f'{what}: final norm (layernorm)'),
+        (prefix + r'pooler\.', None,
+         'pooler (dense + tanh on the class token; not used by the '
+         'detector)'),
+        (r'^classifier\.', None, 'image classification head (classifier)'),
+    )
+
+
+_VL = _HF_VIT + _HF_LAYER
+_DL = _HF_DINOV2 + _HF_LAYER
+
+# fmt: off
+HF_VIT_RULES: Tuple[Rule, ...] = _hf_embeddings(_HF_VIT, 'ViT') + _hf_qkv(_HF_VIT) + (
+    (_VL + r'attention\.(?:output\.dense|o_proj)\.', r'blocks.\1.attn.proj.',  'attention output projection (attention.output.dense)'),
+    (_VL + r'layernorm_before\.',                    r'blocks.\1.norm1.',      'block norm before attention (layernorm_before)'),
+    (_VL + r'layernorm_after\.',                     r'blocks.\1.norm2.',      'block norm before the MLP (layernorm_after)'),
+    (_VL + r'(?:intermediate\.dense|mlp\.fc1)\.',    r'blocks.\1.mlp.fc1.',    'MLP first linear (intermediate.dense)'),
+    (_VL + r'(?:output\.dense|mlp\.fc2)\.',          r'blocks.\1.mlp.fc2.',    'MLP second linear (output.dense)'),
+)
+
+HF_VIT_MAE_RULES: Tuple[Rule, ...] = (
+    (r'^decoder\.mask_token$', None, 'MAE decoder mask token (masked-image-modelling input)'),
+    (r'^decoder\.',            None, 'MAE decoder (pixel reconstruction: decoder_embed, decoder layers, decoder_pos_embed, decoder_norm, decoder_pred)'),
+) + HF_VIT_RULES
+
+HF_DINOV2_RULES: Tuple[Rule, ...] = _hf_embeddings(_HF_DINOV2, 'DINOv2') + _hf_qkv(_HF_DINOV2) + (
+    (_DL + r'attention\.(?:output\.dense|o_proj)\.', r'blocks.\1.attn.proj.', 'attention output projection (attention.output.dense)'),
+    (_DL + r'(norm[12])\.',                          r'blocks.\1.\2.',        'block norm'),
+    (_DL + r'layer_scale1\.lambda1$',                r'blocks.\1.ls1.gamma',  'attention LayerScale (layer_scale1.lambda1)'),
+    (_DL + r'layer_scale2\.lambda1$',                r'blocks.\1.ls2.gamma',  'MLP LayerScale (layer_scale2.lambda1)'),
+    (_DL + r'mlp\.(fc[12])\.',                       r'blocks.\1.mlp.\2.',    'MLP'),
+    (_DL + r'mlp\.weights_in\.',                     r'blocks.\1.mlp.fc1.',   'SwiGLU weights_in (packed [gate; value], DINOv2 w12) = ViTDet mlp.fc1'),
+    (_DL + r'mlp\.weights_out\.',                    r'blocks.\1.mlp.fc2.',   'SwiGLU weights_out (DINOv2 w3) = ViTDet mlp.fc2'),
+    Rule(_DL + r'mlp\.(?P<part>gate_proj|up_proj)\.(weight|bias)$', r'blocks.\1.mlp.fc1.\3',
+         'SwiGLU gate_proj, up_proj fused into ViTDet mlp.fc1 (cat([gate, up], 0) = weights_in)',
+         ops=(Concatenate(0), ), parts=('gate_proj', 'up_proj')),
+    (_DL + r'mlp\.down_proj\.',                      r'blocks.\1.mlp.fc2.',   'SwiGLU down_proj (weights_out) = ViTDet mlp.fc2'),
+)
+# fmt: on
+
+
+def _hf_config(conv: 'Conversion') -> Optional[Dict[str, Any]]:
+    """The transformers ``config.json`` that came with the weights (a
+    ``save_pretrained`` folder or ``hf://``), for the ``hf_*`` formats."""
+    if not conv.format.facts.get('transformers'):
+        return None
+    config = (conv.entries or {}).get('config')
+    return config if isinstance(config, dict) else None
+
+
+def _int(value: Any) -> Optional[int]:
+    """``value`` if it is an int (not a bool), else None."""
+    return value if isinstance(value, int) and \
+        not isinstance(value, bool) else None
+
+
+def _config_heads(conv: 'Conversion') -> Optional[int]:
+    """``num_attention_heads`` of the transformers ``config.json``."""
+    config = _hf_config(conv)
+    return _int(config.get('num_attention_heads')) if config else None
+
+
+def check_hf_config(conv: 'Conversion', request: 'Request') -> None:
+    """transformers formats: a ``config.json`` that came with the weights
+    must describe them (it supplies only what the weights cannot say: the
+    number of heads); notes what ViTDet does differently (LayerNorm eps,
+    activation)."""
+    config = _hf_config(conv)
+    if config is None:
+        return
+    sd, src = conv.state_dict, conv.source
+    said: Dict[str, Any] = {}
+    proj = sd.get('patch_embed.proj.weight')
+    if proj is not None and proj.dim() == 4:
+        said.update(hidden_size=int(proj.shape[0]),
+                    num_channels=int(proj.shape[1]),
+                    patch_size=int(proj.shape[2]))
+        pos = sd.get('pos_embed')
+        grid = _square(int(pos.shape[1])) if pos is not None and \
+            pos.dim() == 3 else None
+        if grid:
+            said['image_size'] = grid * int(proj.shape[2])
+    said['num_hidden_layers'] = len({
+        m.group(1) for m in (re.match(r'blocks\.(\d+)\.', k) for k in sd)
+        if m})
+    said['qkv_bias'] = 'blocks.0.attn.qkv.bias' in sd
+    fc1, fc2 = sd.get('blocks.0.mlp.fc1.weight'), sd.get(
+        'blocks.0.mlp.fc2.weight')
+    if fc1 is not None and fc2 is not None:
+        said['use_swiglu_ffn'] = int(fc1.shape[0]) == 2 * int(fc2.shape[1])
+    registers = next((v for k, v in src.items()
+                      if k.endswith('embeddings.register_tokens')), None)
+    if registers is not None and registers.dim() == 3:
+        said['num_register_tokens'] = int(registers.shape[1])
+    wrong = []
+    for key, value in said.items():
+        given = config.get(key)
+        if isinstance(value, bool):
+            same = not isinstance(given, bool) or given == value
+        else:  # an int; a list image_size [h, w] is not checked
+            same = _int(given) is None or given == value
+        if not same:
+            wrong.append(f'{key}={given!r} (the weights: {value!r})')
+    heads = _int(config.get('num_attention_heads'))
+    dim = said.get('hidden_size')
+    if heads is not None and dim and (heads < 1 or dim % heads):
+        wrong.append(f'num_attention_heads={heads} (does not divide the '
+                     f'width {dim})')
+    if wrong:
+        raise ConversionError(
+            f'config.json does not describe these {conv.format.title} '
+            f'weights: {"; ".join(wrong)}: use the config.json saved with '
+            'them (or none)')
+    arch = config.get('architectures') or [config.get('model_type')]
+    conv.notes.append(f'config.json: {", ".join(map(str, arch))} '
+                      f'(model_type {config.get("model_type")!r}) confirms '
+                      'the weights')
+    eps = config.get('layer_norm_eps')
+    if isinstance(eps, float) and eps != 1e-6:
+        conv.notes.append(
+            f'layer_norm_eps={eps:g} in config.json; ViTDet norms use '
+            "eps=1e-6 (norm_cfg=dict(type='LN', eps=1e-6)): set "
+            f"norm_cfg=dict(type='LN', eps={eps:g}) to match exactly")
+    act = config.get('hidden_act')
+    if act not in (None, 'gelu'):
+        conv.notes.append(f'hidden_act={act!r} in config.json; ViTDet uses '
+                          "act_cfg=dict(type='GELU') (exact GELU)")
+
+
+_HF_SOURCE = ('huggingface/transformers: PreTrainedModel.save_pretrained '
+              '(config.json + model.safetensors, 4.x and 5.x alike); '
+              'models/{vit,vit_mae,dinov2,dinov2_with_registers}/'
+              'modeling_*.py; convert_vit_timm_to_pytorch.py, '
+              'convert_vit_mae_to_pytorch.py, convert_dinov2_to_hf.py')
+_HF_FILES = ('model.safetensors', 'pytorch_model.bin')
+_TRANSFORMERS = {'transformers': True}
+
+
+def _hf_sentinels(prefix: str, layer_key: str) -> Tuple[str, ...]:
+    """Patch embedding, position embedding and a key of layer 0."""
+    return (prefix + r'embeddings\.patch_embeddings\.projection\.weight$',
+            prefix + r'embeddings\.position_embeddings$',
+            prefix + layer_key)
+
+
+_HF_VIT_SENTINELS = _hf_sentinels(
+    _HF_VIT, r'(?:encoder\.layer|layers)\.0\.layernorm_before\.weight$')
+
+
+# fmt: off
+HF_VIT_FORMATS: Tuple[SourceFormat, ...] = (
+    SourceFormat(
+        'hf_vit', 'vit', 'transformers ViT (ViTModel, ViTForImageClassification, ViTMAEModel)',
+        rules=HF_VIT_RULES,
+        sentinels=_HF_VIT_SENTINELS,
+        surgery=(check_hf_config, require_pos_embed),
+        released=_HF_FILES, source=_HF_SOURCE, facts=_TRANSFORMERS),
+    SourceFormat(
+        'hf_vit_mae', 'vit', 'transformers ViTMAEForPreTraining (encoder + decoder)',
+        rules=HF_VIT_MAE_RULES,
+        sentinels=_HF_VIT_SENTINELS + (r'^decoder\.decoder_embed\.weight$', ),
+        surgery=(check_hf_config, require_pos_embed),
+        released=_HF_FILES, source=_HF_SOURCE, facts=_TRANSFORMERS),
+    SourceFormat(
+        'hf_dinov2', 'vit', 'transformers DINOv2 (Dinov2Model, Dinov2WithRegistersModel, *ForImageClassification)',
+        rules=HF_DINOV2_RULES,
+        sentinels=_hf_sentinels(_HF_DINOV2, r'encoder\.layer\.0\.layer_scale1\.lambda1$'),
+        surgery=(check_hf_config, require_pos_embed),
+        released=_HF_FILES, source=_HF_SOURCE, facts=_TRANSFORMERS),
+)
+# fmt: on
+
+register(*HF_VIT_FORMATS)
+__all__ += ['HF_VIT_FORMATS', 'check_hf_config', 'FIT_RULES']

@@ -36,7 +36,8 @@ from torch import nn
 __all__ = ['ViTLayerDecayOptimizerConstructor', 'vit_layer_id']
 
 _BLOCK = re.compile(r'^backbone\.blocks\.(\d+)\.')
-_EMBEDDING = re.compile(r'^backbone\.(?:pos_embed$|patch_embed\.)')
+_EMBEDDING = re.compile(
+    r'^backbone\.(?:pos_embed$|cls_token$|reg_token$|patch_embed\.)')
 
 
 def vit_layer_id(name: str, num_layers: int) -> int:

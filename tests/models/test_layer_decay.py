@@ -35,6 +35,7 @@ def _detector(depth: int = 3):
 
 @pytest.mark.parametrize('name, layer', [
     ('backbone.patch_embed.proj.weight', 0), ('backbone.pos_embed', 0),
+    ('backbone.cls_token', 0), ('backbone.reg_token', 0),
     ('backbone.blocks.0.norm1.weight', 1),
     ('backbone.blocks.11.mlp.fc2.bias', 12),
     ('backbone.blocks.3.attn.rel_pos_h', 4), ('backbone.norm.weight', 13),
