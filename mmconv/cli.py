@@ -21,8 +21,10 @@ EPILOG = ('Use an MMDetection output in a config with\n'
           "checkpoint='DST')))   # or load_from='DST' for a detector\n"
           'or skip this step: custom_imports=dict(imports=[\'mmconv\']) and\n'
           "  init_cfg=dict(type='SelfSupPretrained', checkpoint='SRC').\n"
-          'SRC may be a path, an http(s):// URL or an MMEngine scheme '
-          '(read weights-only).\nExit codes: 2 usage, 3 input, 4 unsafe '
+          'SRC may be a file, a Hugging Face save_pretrained or\n'
+          'torch.distributed.checkpoint folder, hf://ORG/NAME[@REV], an '
+          'http(s):// URL or an MMEngine scheme (read weights-only).\n'
+          'Exit codes: 2 usage, 3 input, 4 unsafe '
           'input, 5 conversion, 6 output, 7 check failed.')
 
 
@@ -125,7 +127,7 @@ def _add_convert_arguments(parser: argparse.ArgumentParser,
                            preset: Preset) -> None:
     """Every argument of a conversion command."""
     parser.add_argument('src', metavar='SRC',
-                        help='source checkpoint (path or URL)')
+                        help='source checkpoint (file, folder, hf:// or URL)')
     parser.add_argument('dst', metavar='DST', help='output checkpoint '
                         '(.pth, .safetensors; .pkl for detectron2)')
     _add_source_arguments(parser, preset)
@@ -282,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_convert)
     p = sub.add_parser('inspect', help='detect the format of a checkpoint '
                        'and show what would be kept')
-    p.add_argument('src', metavar='SRC', help='checkpoint (path or URL)')
+    p.add_argument('src', metavar='SRC', help='checkpoint (file, folder, hf:// or URL)')
     _add_source_arguments(p, Preset('inspect'))
     _add_target_argument(p, Preset('inspect'))
     p.set_defaults(func=_inspect)

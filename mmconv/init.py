@@ -166,10 +166,11 @@ class SelfSupPretrainedInit(PretrainedInit):
                                   f'{tuple(target[key].shape)}')
                 continue
             loadable[key] = tensor
-        module.load_state_dict(loadable, strict=False)
         self.loaded = [k for k in target if k in loadable]
         self.total = len(target)
+        # refuse before loading: a refused file leaves the module untouched
         self._check_coverage(module, target, state_dict, mismatched)
+        module.load_state_dict(loadable, strict=False)
         setattr(module, RECORD_ATTR, {
             'file': str(self.checkpoint), 'format': self.format_name,
             'loaded': len(self.loaded), 'total': self.total,

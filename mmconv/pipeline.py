@@ -248,7 +248,8 @@ def build_output(conv: Conversion, src: str,
     (detectron2 ``.pkl``, bare torchvision state dict).
     """
     meta = {'converter': 'mmconv', 'mmconv_version': __version__,
-            'source_file': os.path.basename(os.fspath(src))}
+            'source_file': os.path.basename(os.path.normpath(
+                os.fspath(src)))}
     meta.update(conv.to_meta())
     if conv.target.build is not None:
         return conv.target.build(conv, meta)

@@ -143,6 +143,26 @@ def test_min_coverage_relaxes(tmp_path):
     assert 'moco format' in init._get_init_info()
 
 
+def test_refused_file_leaves_the_module_untouched(tmp_path):
+    """A coverage refusal happens before anything is loaded: the tensors
+    that would fit are not half-loaded."""
+    model = TinyBackbone()
+    path, sd = _moco_file(tmp_path, model)
+    for k in [k for k in sd if 'layer1' in k]:
+        del sd[k]
+    torch.save({'state_dict': sd}, path)
+    target = TinyBackbone()
+    init = mmconv.SelfSupPretrainedInit(checkpoint=str(path), method='moco')
+    with pytest.raises(ConversionError, match='layer1'):
+        init(target)
+    fitting = [k for k in target.state_dict()
+               if f'module.encoder_q.{k}' in sd and 'num_batches' not in k]
+    assert fitting
+    for key in fitting:  # none of the file's values arrived
+        assert not torch.equal(target.state_dict()[key],
+                               sd[f'module.encoder_q.{key}']), key
+
+
 def test_url_scheme_through_mmengine(tmp_path, monkeypatch):
     """An http:// checkpoint goes through MMEngine's CheckpointLoader
     (download + cache) and converts the same way."""

@@ -585,14 +585,22 @@ INIT_TARGETS = {'resnet': ('moco', 'dino', 'torchvision', 'mmdet',
                 'detr': ('detr', 'dino_4scale', 'dn_deformable_detr')}
 
 
+def _formats() -> Dict[str, Any]:
+    """The registered formats that convert (those registered only to be
+    recognised and refused, ``facts['not_supported']``, have no source)."""
+    from mmconv import FORMATS
+    return {n: f for n, f in FORMATS.items()
+            if not f.facts.get('not_supported')}
+
+
 def _source_cases(r: Recorder) -> None:
     """Every registered format through every face."""
-    from mmconv import FAMILIES, FORMATS
+    from mmconv import FAMILIES
     from mmconv.cli import PRESETS
     firsts: Dict[str, str] = {}
-    for name, fmt in FORMATS.items():
+    for name, fmt in _formats().items():
         firsts.setdefault(fmt.family, name)
-    for name, fmt in FORMATS.items():
+    for name, fmt in _formats().items():
         src = r.src(name)
         family = FAMILIES[fmt.family]
         for preset_name, preset in PRESETS.items():
@@ -994,8 +1002,7 @@ def _set_selfsup_init(module, checkpoint: str, **kwargs) -> None:
 def _init_target_cases(r: Recorder) -> None:
     """``SelfSupPretrained`` on every format's raw file into the module of
     its ``SOURCES`` entry."""
-    from mmconv import FORMATS
-    for name, fmt in FORMATS.items():
+    for name, fmt in _formats().items():
         if name not in INIT_TARGETS.get(fmt.family, (name, )):
             continue
 
@@ -1258,7 +1265,6 @@ def record(out_dir: str, only: Optional[str] = None,
     if not os.path.abspath(fixture_sources.__file__).startswith(root):
         raise SystemExit(f'tests.fixtures comes from '
                          f'{fixture_sources.__file__}, not {root}')
-    from mmconv import FORMATS
     tmp = tempfile.mkdtemp(prefix='mmconv-golden-')
     os.environ['TORCH_HOME'] = os.path.join(tmp, 'torch_home')
     r = Recorder(tmp, root, only, keep)
@@ -1269,7 +1275,7 @@ def record(out_dir: str, only: Optional[str] = None,
     times = {}
     try:
         t = time.perf_counter()
-        for name in FORMATS:
+        for name in _formats():
             def build(n=name):
                 source = fixture_sources.SOURCES[n]()
                 r.targets[n] = source.build_target

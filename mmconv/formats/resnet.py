@@ -293,9 +293,9 @@ def _pixel(style: str, facts: Mapping[str, Any], sd: Mapping[str, Any],
         return Preprocessing(m, s, 'BGR' if bgr else 'RGB',
                              'pixel_mean/pixel_std stored in the checkpoint '
                              '(channel order inferred from the mean)')
-    if style == 'caffe':
-        return MSRA_PIXEL
-    return facts.get('pixel', TORCHVISION_PIXEL)
+    if 'pixel' in facts:  # the source's own preprocessing, any style
+        return facts['pixel']
+    return MSRA_PIXEL if style == 'caffe' else TORCHVISION_PIXEL
 
 
 def decide_style_and_input(conv: 'Conversion', request: 'Request') -> None:

@@ -182,6 +182,9 @@ def test_config_facts_the_weights_cannot_show(change, fix, folders,
     assert not dst.exists()
     if 'downsample_in_bottleneck' in change:
         assert main(['convert', folder, str(dst), '--style', 'caffe']) == 0
-        assert torch.load(str(dst), weights_only=True)['meta']['style'] \
-            == 'caffe'
+        meta = torch.load(str(dst), weights_only=True)['meta']
+        assert meta['style'] == 'caffe'
+        # the input stays transformers' RGB ImageNet normalisation
+        assert meta['input_format'] == 'RGB', meta
+        assert meta['pixel_mean'][0] > meta['pixel_mean'][2], meta
         os.remove(str(dst))

@@ -34,7 +34,8 @@ from tests.fixtures.detr_checkpoints import (CASES, build_detector,
                                              load_manifest, manifest_names,
                                              synthesize_checkpoint)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 OUTPUTS = os.path.join(ROOT, 'tests', 'fixtures', 'detr_outputs')
 
 @pytest.fixture(scope='module')

@@ -17,7 +17,8 @@ from tests.fixtures import swin_layouts as L
 
 pytest.importorskip('timm')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, 'configs', 'swin')
 SWIN_T = 'mask-rcnn_swin-t-p4-w7-official-raw-pre_fpn_1x_coco.py'
 SIMMIM = 'mask-rcnn_swin-b-p4-w7-simmim-selfsup-raw-pre_fpn_1x_coco.py'

@@ -17,7 +17,8 @@ from tests.fixtures import vit_layouts as L
 
 pytest.importorskip('timm')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, 'configs', 'vitdet')
 MAE_CFG = 'mask-rcnn_vit-b-mae-selfsup-raw-pre_simple-fpn_lsj-100e_coco.py'
 #: format -> shipped config whose backbone the layout is loaded into

@@ -27,7 +27,8 @@ from mmconv.pipeline import convert_checkpoint, convert_file
 from tests.fixtures.detectron2_layouts import (STAGES, msra_r50_blobs,
                                                script_mapping)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 DEPTHS = (18, 34, 50, 101, 152)
 X = None  # set lazily: the input all stage comparisons use
 

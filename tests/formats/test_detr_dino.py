@@ -7,7 +7,7 @@ Sources are synthesized from key manifests recorded from the official code
 the official models' outputs on the same seeded weights and input, recorded
 once in float64 with the official code (see each file's description). The
 strict-load, detection and bookkeeping checks every DETR-family manifest
-gets are in ``tests/test_detr.py`` (parametrised over ``CASES``) and in the
+gets are in ``tests/formats/test_detr.py`` (parametrised over ``CASES``) and in the
 registry round trip of ``tests/test_registry.py``.
 """
 import copy
@@ -35,7 +35,8 @@ from tests.fixtures.detr_checkpoints import (CASES, build_detector,
 #: tools/model_converters/detr_family2mmdet.py
 detr_main = partial(preset_main, 'detr_family2mmdet')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 OUTPUTS = os.path.join(ROOT, 'tests', 'fixtures', 'detr_outputs')
 COCO_IDS = torch.tensor(COCO_CATEGORY_IDS)
 

@@ -17,7 +17,8 @@ from tests.fixtures import convnext_layouts as L
 
 pytest.importorskip('timm')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, 'configs', 'convnext')
 V1_CFG = ('mask-rcnn_convnext-t-p4-w7-official-raw-pre_fpn_amp-ms-crop-3x_'
           'coco.py')
