@@ -54,8 +54,10 @@ def test_same_objects_as_torch_weights_only(name, tmp_path):
     path = tmp_path / 'src.pth'
     try:
         source = SOURCES[name]()
-    except ModuleNotFoundError as err:  # the torch 2.1 leg has no mmdet...
-        pytest.skip(f'{name} source needs {err.name}')
+    except ImportError as err:  # the light legs: no mmdet, timm...; and
+        # transformers' models need torch >= 2.6
+        why = err.name or str(err).strip().splitlines()[0]
+        pytest.skip(f'{name} source needs {why}')
     with official_pickle_globals():
         torch.save(source.checkpoint, path)
         reference = torch.load(path, map_location='cpu', weights_only=False)
