@@ -25,7 +25,8 @@ import torch
 from .allowlist import (RefusedValue, RestrictedUnpickler, admit_lazy,
                         allowed_global, safe_globals_context, standin_error)
 from .containers import Assembled
-from .errors import InputError, UnsafeCheckpointError, UsageError
+from .errors import (InputError, MMConvError, UnsafeCheckpointError,
+                     UsageError)
 from .picklescan import (PickleRefused, ScanRules, scan_legacy_torch,
                          scan_pickle)
 
@@ -110,6 +111,25 @@ _READ_ERRORS = (RuntimeError, EOFError, ValueError, OSError, KeyError,
                 AttributeError, TypeError, IndexError, ImportError,
                 zipfile.BadZipFile, zipfile.LargeZipFile, struct.error,
                 OverflowError, MemoryError, AssertionError)
+#: Every failure a read maps to one line (:func:`_failure`).
+_FAILURES = (PickleRefused, pickle.UnpicklingError) + _READ_ERRORS
+
+
+def _failure(path: str, err: BaseException, retry_lazy: bool = False
+             ) -> Optional[MMConvError]:
+    """The one-line error for a failed read of ``path``: a pre-scan
+    refusal, a global outside the allowlist (unsafe), else corrupt input.
+    None with ``retry_lazy`` when the refused global is one mmconv admits
+    once its module is imported (:func:`admit_lazy`): read again."""
+    if isinstance(err, PickleRefused):
+        return _refusal(path, err)
+    refused = _refused_global(err) if isinstance(
+        err, pickle.UnpicklingError) else None
+    if refused and retry_lazy and admit_lazy(refused):
+        return None
+    if refused:
+        return UnsafeCheckpointError(_unsafe_message(path, refused))
+    return _corrupt(path, err)
 
 
 def _pickle_rules() -> ScanRules:
@@ -173,16 +193,8 @@ def _load_pickle(path: str, unsafe: bool) -> Any:
                 scan_pickle(data, _pickle_rules())
                 loaded = RestrictedUnpickler(data, encoding='latin1').load()
             return arrays_to_tensors(loaded)
-        except PickleRefused as err:
-            raise _refusal(path, err) from None
-        except pickle.UnpicklingError as err:
-            refused = _refused_global(err)
-            if refused:
-                raise UnsafeCheckpointError(
-                    _unsafe_message(path, refused)) from None
-            raise _corrupt(path, err) from None
-        except _READ_ERRORS as err:
-            raise _corrupt(path, err) from None
+        except _FAILURES as err:
+            raise _failure(path, err) from None
 
 
 def _load_safetensors(path: str) -> Assembled:
@@ -266,18 +278,11 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
                 return load_torch_zip(path, allowed_global)
             _prescan_torch(path, is_zip)
             return _torch_load(path, unsafe, mmap)
-        except PickleRefused as err:
-            raise _refusal(path, err) from None
-        except pickle.UnpicklingError as err:
-            refused = _refused_global(err)
-            if refused and admit_lazy(refused):
+        except _FAILURES as err:
+            failure = _failure(path, err, retry_lazy=True)
+            if failure is None:
                 continue  # e.g. HistoryBuffer: import MMEngine, retry
-            if refused:
-                raise UnsafeCheckpointError(
-                    _unsafe_message(path, refused)) from None
-            raise _corrupt(path, err) from None
-        except _READ_ERRORS as err:
-            raise _corrupt(path, err) from None
+            raise failure from None
 
 
 def _check_legacy(path: str, reader: str) -> None:
