@@ -65,6 +65,7 @@ from ..ops import (Concatenate, ConcatenateWithZeros, FitsTarget, OpContext,
                    When, ZeroBias, ZeroPart)
 from ..spec import (Conversion, Family, Request, Rule, SourceFormat,
                     check_shapes, register)
+from .vit import embedding_and_depth
 
 __all__ = [
     'DINOV3_FAMILY', 'DINOV3_FORMATS', 'DINOV3_NUM_HEADS', 'MASKED_K_BIAS',
@@ -263,15 +264,7 @@ def infer_dinov3(state_dict: Dict[str, Any]) -> Dict[str, Any]:
         if key not in state_dict:
             raise ConversionError(f'no {key} after conversion: not a DINOv3 '
                                   f'ViT ({len(state_dict)} tensors)')
-    proj = state_dict['patch_embed.proj.weight']
-    dim, in_channels, patch = (int(proj.shape[0]), int(proj.shape[1]),
-                               int(proj.shape[2]))
-    blocks = sorted({int(m.group(1)) for m in (
-        re.match(r'blocks\.(\d+)\.', k) for k in state_dict) if m})
-    depth = len(blocks)
-    if blocks != list(range(depth)):
-        raise ConversionError(f'transformer blocks {blocks} are not '
-                              f'numbered 0..{depth - 1}')
+    dim, in_channels, patch, depth = embedding_and_depth(state_dict)
     swiglu = 'blocks.0.mlp.fc1_g.weight' in state_dict
     first = 'blocks.0.mlp.fc1_g.weight' if swiglu else \
         'blocks.0.mlp.fc1.weight'

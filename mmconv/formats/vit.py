@@ -86,7 +86,8 @@ from ..spec import (Conversion, Family, Request, Rule, SourceFormat,
 __all__ = [
     'VIT_FAMILY', 'VIT_FORMATS', 'NUM_HEADS', 'STRIP_CLASS_SLOT',
     'STRIP_PREFIX_SLOTS', 'require_pos_embed', 'note_prefix_slots',
-    'check_block_chunks', 'vit_architecture', 'infer_vit'
+    'check_block_chunks', 'vit_architecture', 'infer_vit',
+    'embedding_and_depth'
 ]
 
 #: Attention heads of the official models by width (the weights do not
@@ -304,6 +305,24 @@ def _heads(conv: 'Conversion', dim: int) -> Tuple[int, str]:
     return max(1, dim // 64), 'ASSUMED head_dim 64'
 
 
+def embedding_and_depth(state_dict: Dict[str, Any]
+                        ) -> Tuple[int, int, int, int]:
+    """``(embed_dim, in_channels, patch_size, depth)`` of ViTDet-named
+    tensors: the patch projection's shape and the number of ``blocks.N``.
+
+    Raises:
+        ConversionError: The blocks are not numbered ``0..depth-1``.
+    """
+    proj = state_dict['patch_embed.proj.weight']
+    blocks = sorted({int(m.group(1)) for m in (
+        re.match(r'blocks\.(\d+)\.', k) for k in state_dict) if m})
+    depth = len(blocks)
+    if blocks != list(range(depth)):
+        raise ConversionError(f'transformer blocks {blocks} are not '
+                              f'numbered 0..{depth - 1}')
+    return int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2]), depth
+
+
 def infer_vit(state_dict: Dict[str, Any]) -> Dict[str, Any]:
     """The ViTDet arguments a converted state dict implies, or raise.
 
@@ -329,14 +348,7 @@ def infer_vit(state_dict: Dict[str, Any]) -> Dict[str, Any]:
     if proj.dim() != 4 or proj.shape[2] != proj.shape[3]:
         raise ConversionError(f'patch_embed.proj.weight {list(proj.shape)} '
                               'is not a square patch projection')
-    dim, in_channels, patch = (int(proj.shape[0]), int(proj.shape[1]),
-                               int(proj.shape[2]))
-    blocks = sorted({int(m.group(1)) for m in (
-        re.match(r'blocks\.(\d+)\.', k) for k in state_dict) if m})
-    depth = len(blocks)
-    if blocks != list(range(depth)):
-        raise ConversionError(f'transformer blocks {blocks} are not '
-                              f'numbered 0..{depth - 1}')
+    dim, in_channels, patch, depth = embedding_and_depth(state_dict)
     hidden = int(state_dict['blocks.0.mlp.fc1.weight'].shape[0])
     fc2_in = int(state_dict['blocks.0.mlp.fc2.weight'].shape[1])
     if fc2_in == hidden:
