@@ -505,6 +505,13 @@ def record_variant(conv: Conversion, request: Request) -> None:
                            [k[len('backbone.'):] for k in conv.state_dict
                             if k.startswith('backbone.')])
     config = variant.pop('config')
+    record_config(conv, config, variant)
+
+
+def record_config(conv: Conversion, config: str,
+                  variant: Dict[str, Any]) -> None:
+    """The config to build and the options the weights imply: into the
+    summary, the meta and the ``mim test`` hint."""
     conv.meta.update(mmdet_config=config, variant=variant)
     conv.lines.append(f'config:   {config}')
     path = config.split(' (')[0]
@@ -1040,13 +1047,7 @@ def hf_variant(conv: Conversion, request: Request) -> None:
         extra.append(f'num_queries={queries.shape[0]}')
     if extra:
         config += f' (with {", ".join(extra)})'
-    conv.meta.update(mmdet_config=config, variant=variant)
-    conv.lines.append(f'config:   {config}')
-    path = config.split(' (')[0]
-    if path.startswith('mmdet::'):  # mim finds mmdet's configs by file name
-        path = path.rsplit('/', 1)[-1]
-    conv.hints = lambda dst: (f'Evaluate it: mim test mmdet {path} '
-                              f'--checkpoint {dst}')
+    record_config(conv, config, variant)
 
 
 def hf_branches(conv: Conversion, request: Request) -> None:
