@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Pattern, Tuple, Union
 import torch
 
 from .errors import ConversionError, KeyCollisionError
+from .lazy import defer, is_lazy, load
 from .report import ConversionReport, KeyRecord
 from .ops import OpContext
 from .spec import Rule, TensorChange, check_shapes, get_format
@@ -78,9 +79,30 @@ def rename_key(key: str, rules: Union[str, Tuple[Rule, ...]],
 
 
 def _ident(tensor: torch.Tensor) -> Tuple:
-    """What makes two tensor objects one tensor (same storage view)."""
+    """What makes two tensor objects one tensor (same storage view; the
+    same object for lazy tensors)."""
+    if is_lazy(tensor):
+        return ('lazy', id(tensor))
     return (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(),
             tensor.dtype)
+
+
+def _run_ops(rule: Rule, tensors: Tuple[torch.Tensor, ...],
+             ctx: OpContext) -> Tuple[Any, str]:
+    """``rule.ops`` on real ``tensors``: ``(result, what changed or
+    '')``."""
+    after: Any = tensors[0] if len(tensors) == 1 else list(tensors)
+    what = []
+    for op in rule.ops:
+        shape = tuple(after.shape) if isinstance(after, torch.Tensor) \
+            else tuple(after[0].shape)
+        here = replace(ctx, input_shape=shape)
+        result = op(after if isinstance(after, (list, tuple))
+                    else [after], here)
+        if result is not after:
+            what.append(op.describe(here))
+        after = result
+    return after, '; '.join(what)
 
 
 def _apply_ops(rule: Rule, tensors: Tuple[torch.Tensor, ...],
@@ -88,21 +110,15 @@ def _apply_ops(rule: Rule, tensors: Tuple[torch.Tensor, ...],
                ) -> Tuple[Any, str]:
     """``rule.ops`` on ``tensors`` (one, or a merge's parts): ``(result,
     what changed or '')``; one result per source tensor(s) and rule, so
-    aliases stay one tensor."""
+    aliases stay one tensor. Lazy inputs give lazy results
+    (:func:`mmconv.lazy.defer`)."""
     ident = (tuple(_ident(t) for t in tensors), id(rule))
     if ident not in cache:
-        after: Any = tensors[0] if len(tensors) == 1 else list(tensors)
-        what = []
-        for op in rule.ops:
-            shape = tuple(after.shape) if isinstance(after, torch.Tensor) \
-                else tuple(after[0].shape)
-            here = replace(ctx, input_shape=shape)
-            result = op(after if isinstance(after, (list, tuple))
-                        else [after], here)
-            if result is not after:
-                what.append(op.describe(here))
-            after = result
-        cache[ident] = (after, '; '.join(what))
+        if any(is_lazy(t) for t in tensors):
+            cache[ident] = defer(
+                lambda real, here: _run_ops(rule, real, here), tensors, ctx)
+        else:
+            cache[ident] = _run_ops(rule, tensors, ctx)
     return cache[ident]
 
 
@@ -112,6 +128,8 @@ def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
         return True
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
+    if is_lazy(a) or is_lazy(b):
+        return bool(torch.equal(load(a), load(b)))
     if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
         return True
     return bool(torch.equal(a, b))

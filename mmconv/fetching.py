@@ -496,7 +496,7 @@ def load_source(name: str, *, unsafe: bool = False,
                 progress: Optional[bool] = None,
                 sha256: Optional[str] = None,
                 timeout: Optional[float] = None,
-                max_bytes: Optional[int] = None) -> Any:
+                max_bytes: Optional[int] = None, lazy: bool = False) -> Any:
     """Load a checkpoint given by path, folder, URL, ``hf://`` or MMEngine
     ``scheme://`` name.
 
@@ -518,6 +518,8 @@ def load_source(name: str, *, unsafe: bool = False,
         unsafe (bool): Allow arbitrary pickles (trusted files only).
         warn (callable, optional): Receives the ``unsafe`` warning.
         progress, sha256, timeout, max_bytes: See :func:`local_copy`.
+        lazy (bool): Safetensors weights as lazy tensors, read when written
+            (:mod:`mmconv.lazy`).
 
     Returns:
         The loaded object.
@@ -531,9 +533,10 @@ def load_source(name: str, *, unsafe: bool = False,
     name = os.fspath(name)
     with _local_copy(name, progress, sha256, timeout, max_bytes) as copy:
         if copy.path == os.path.expanduser(name):
-            return load_local(copy.path, unsafe=unsafe, warn=warn)
+            return load_local(copy.path, unsafe=unsafe, warn=warn,
+                              lazy=lazy)
         try:
-            return _load_named(copy, unsafe, warn)
+            return _load_named(copy, unsafe, warn, lazy)
         except (InputError, UnsafeCheckpointError):
             if copy.refetch is None:
                 raise
@@ -541,15 +544,17 @@ def load_source(name: str, *, unsafe: bool = False,
         # URL afresh, once (a fixed server heals the cache)
         _remove(copy.path)
         with copy.refetch() as (path, _):
-            return _load_named(_Copy(path, copy.name, True), unsafe, warn)
+            return _load_named(_Copy(path, copy.name, True), unsafe, warn,
+                               lazy)
 
 
 def _load_named(copy: _Copy, unsafe: bool,
-                warn: Optional[Callable[[str], None]]) -> Any:
+                warn: Optional[Callable[[str], None]],
+                lazy: bool = False) -> Any:
     """:func:`load_local` on a local copy; its errors name the source, not
     the (temporary or cached) local copy."""
     try:
-        return load_local(copy.path, unsafe=unsafe, warn=warn)
+        return load_local(copy.path, unsafe=unsafe, warn=warn, lazy=lazy)
     except MMConvError as err:
         text = str(err).replace(copy.path, copy.name, 1)
         if copy.downloaded:

@@ -82,7 +82,8 @@ def _describe(path: str) -> str:
 
 
 def load_directory(path: str, *, unsafe: bool = False,
-                   warn: Optional[Callable[[str], None]] = None) -> Any:
+                   warn: Optional[Callable[[str], None]] = None,
+                   lazy: bool = False) -> Any:
     """Load the checkpoint a directory holds (every directory source
     passes here).
 
@@ -90,6 +91,8 @@ def load_directory(path: str, *, unsafe: bool = False,
         path (str): A Hugging Face model folder (sharded or not).
         unsafe (bool): Allow arbitrary pickles in ``.bin`` files.
         warn (callable, optional): Receives the ``unsafe`` warning.
+        lazy (bool): Safetensors weights as lazy tensors (read when
+            written).
 
     Returns:
         Assembled: ``{'state_dict', 'config' (if any), 'meta'}``.
@@ -104,26 +107,28 @@ def load_directory(path: str, *, unsafe: bool = False,
         return load_dcp(path, unsafe=unsafe, warn=warn)
     for name in WEIGHT_FILES:
         if os.path.isfile(os.path.join(path, name)):
-            return _assemble(path, name, unsafe, warn)
+            return _assemble(path, name, unsafe, warn, lazy=lazy)
     raise InputError(_describe(path))
 
 
 def load_local(path: str, *, unsafe: bool = False,
-               warn: Optional[Callable[[str], None]] = None) -> Any:
+               warn: Optional[Callable[[str], None]] = None,
+               lazy: bool = False) -> Any:
     """Load a local checkpoint: a directory (:func:`load_directory`), a
     weight file of a Hugging Face folder (with the folder's
-    ``config.json``), a shard index, or any file :func:`load_file` reads.
+    ``config.json``), a shard index, or any file :func:`load_file` reads
+    (``lazy``: safetensors weights as lazy tensors).
     """
     if os.path.isdir(path):
-        return load_directory(path, unsafe=unsafe, warn=warn)
+        return load_directory(path, unsafe=unsafe, warn=warn, lazy=lazy)
     folder, name = os.path.split(path)
     folder = folder or os.curdir
     if name == CONFIG and os.path.isfile(path):
         raise InputError(f'{path} is the model\'s configuration, not its '
                          f'weights; give the folder {folder}')
     if name.endswith('.index.json') and os.path.isfile(path):
-        return _assemble(folder, name, unsafe, warn)
-    loaded = load_file(path, unsafe=unsafe, warn=warn)
+        return _assemble(folder, name, unsafe, warn, lazy=lazy)
+    loaded = load_file(path, unsafe=unsafe, warn=warn, lazy=lazy)
     if name in WEIGHT_FILES and os.path.isfile(os.path.join(
             folder, CONFIG)) and (isinstance(loaded, Assembled)
                                   or is_state_dict(loaded)):
@@ -172,16 +177,16 @@ def _tensors(loaded: Any, path: str) -> Tuple[Dict[str, Any], Dict]:
 
 def _assemble(folder: str, name: str, unsafe: bool,
               warn: Optional[Callable[[str], None]],
-              loaded: Any = None) -> Assembled:
+              loaded: Any = None, lazy: bool = False) -> Assembled:
     """The checkpoint of ``folder`` from its weight file or index ``name``
     (``loaded``: that file, already read)."""
     config = _read_config(folder)
     path = os.path.join(folder, name)
     if name.endswith('.index.json'):
-        state_dict, meta = _load_sharded(path, unsafe, warn)
+        state_dict, meta = _load_sharded(path, unsafe, warn, lazy)
     else:
         if loaded is None:
-            loaded = load_file(path, unsafe=unsafe, warn=warn)
+            loaded = load_file(path, unsafe=unsafe, warn=warn, lazy=lazy)
         state_dict, meta = _tensors(loaded, path)
     out = Assembled(state_dict=state_dict)
     if config is not None:
@@ -210,7 +215,7 @@ def _shard_index(path: str) -> Dict[str, str]:
 
 
 def _load_sharded(path: str, unsafe: bool,
-                  warn: Optional[Callable[[str], None]]
+                  warn: Optional[Callable[[str], None]], lazy: bool = False
                   ) -> Tuple[Dict[str, Any], Dict]:
     """All tensors of a sharded checkpoint, shard by shard, each checked
     against the index ``path`` (every shard is checked to exist before any
@@ -230,7 +235,8 @@ def _load_sharded(path: str, unsafe: bool,
     for shard in shards:
         shard_path = os.path.join(folder, shard)
         part, shard_meta = _tensors(load_file(shard_path, unsafe=unsafe,
-                                              warn=warn), shard_path)
+                                              warn=warn, lazy=lazy),
+                                    shard_path)
         stray = [k for k in part if weight_map.get(k) != shard]
         if stray:
             where = weight_map.get(stray[0])

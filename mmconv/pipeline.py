@@ -245,16 +245,22 @@ def build_output(conv: Conversion, src: str,
     The default is ``{'state_dict': ..., 'meta': {...}}`` whose ``meta``
     holds plain types only, so MMEngine reads it under
     ``torch.load(weights_only=True)``; a target may build its own layout
-    (detectron2 ``.pkl``, bare torchvision state dict).
+    (detectron2 ``.pkl``, bare torchvision state dict). Lazy tensors stay
+    lazy in a PyTorch file (written one by one) and are read here for the
+    others.
     """
+    from .lazy import materialize
     meta = {'converter': 'mmconv', 'mmconv_version': __version__,
             'source_file': os.path.basename(os.path.normpath(
                 os.fspath(src)))}
     meta.update(conv.to_meta())
     if conv.target.build is not None:
+        conv.state_dict = materialize(conv.state_dict)
         return conv.target.build(conv, meta)
-    sd = _distinct(conv.state_dict) if safetensors else conv.state_dict
-    return {'state_dict': sd, 'meta': meta}
+    if safetensors:  # written whole by safetensors
+        return {'state_dict': _distinct(materialize(conv.state_dict)),
+                'meta': meta}
+    return {'state_dict': conv.state_dict, 'meta': meta}
 
 
 @dataclass
@@ -290,11 +296,12 @@ def _check_output(dst: str, target: Optional[Target],
 def load_and_convert(src: str, request: Union[str, Request] = 'auto', *,
                      unsafe: bool = False,
                      warn: Optional[Callable[[str], None]] = None,
-                     **options: Any) -> Conversion:
-    """Load ``src`` (path or URL) safely, once, and convert it."""
+                     lazy: bool = False, **options: Any) -> Conversion:
+    """Load ``src`` (path or URL) safely, once, and convert it (``lazy``:
+    safetensors weights are read when written, :mod:`mmconv.lazy`)."""
     from .fetching import load_source
-    return convert_checkpoint(load_source(src, unsafe=unsafe, warn=warn),
-                              request, **options)
+    return convert_checkpoint(load_source(src, unsafe=unsafe, warn=warn,
+                                          lazy=lazy), request, **options)
 
 
 def load_unwrapped(src: str) -> 'Unwrapped':
@@ -313,7 +320,9 @@ def convert_file(src: str, dst: str, request: Union[str, Request] = 'auto',
     """Convert the checkpoint ``src`` and write it to ``dst`` atomically.
 
     The destination is checked before anything is loaded, the source is
-    read once, and nothing is written on any error.
+    read once, and nothing is written on any error. Safetensors sources
+    stream: each tensor is read (and its ops run) when it is written, so
+    memory does not grow with the model.
 
     Args:
         src (str): Source checkpoint path or URL.
@@ -335,7 +344,8 @@ def convert_file(src: str, dst: str, request: Union[str, Request] = 'auto',
     _check_output(dst, get_target(request.target) if request.target
                   else None, out_format)
     check_destination(dst, src, force)
-    conv = load_and_convert(src, request, unsafe=unsafe, warn=warn)
+    conv = load_and_convert(src, request, unsafe=unsafe, warn=warn,
+                            lazy=True)
     _check_output(dst, conv.target, out_format)
     if conv.target.file_format != 'pytorch':
         out_format = conv.target.file_format

@@ -27,6 +27,7 @@ from .allowlist import (RefusedValue, RestrictedUnpickler, admit_lazy,
 from .containers import Assembled
 from .errors import (InputError, MMConvError, UnsafeCheckpointError,
                      UsageError)
+from .lazy import lazy_tensor
 from .picklescan import (PickleRefused, ScanRules, scan_legacy_torch,
                          scan_pickle)
 
@@ -197,9 +198,31 @@ def _load_pickle(path: str, unsafe: bool) -> Any:
             raise _failure(path, err) from None
 
 
-def _load_safetensors(path: str) -> Assembled:
+#: safetensors' dtype names (``get_slice(...).get_dtype()``).
+_SAFETENSORS_DTYPES = {
+    'F64': 'float64', 'F32': 'float32', 'F16': 'float16',
+    'BF16': 'bfloat16', 'I64': 'int64', 'I32': 'int32', 'I16': 'int16',
+    'I8': 'int8', 'U8': 'uint8', 'BOOL': 'bool', 'U16': 'uint16',
+    'U32': 'uint32', 'U64': 'uint64', 'F8_E4M3': 'float8_e4m3fn',
+    'F8_E5M2': 'float8_e5m2'}
+
+
+def _safetensors_tensor(path: str, key: str) -> torch.Tensor:
+    """One tensor of a ``.safetensors`` file, the file opened for it alone
+    (the mapping goes with the tensor, so a streaming conversion holds only
+    the pages of the tensors it is writing)."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(path, framework='pt', device='cpu') as f:
+            return f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise _corrupt(path, err) from None
+
+
+def _load_safetensors(path: str, lazy: bool = False) -> Assembled:
     """Load a ``.safetensors`` file as ``{'state_dict': ..., 'meta': ...}``
-    (the tensors memory-mapped; ``meta``: the header's metadata)."""
+    (the tensors memory-mapped, or, ``lazy``, lazy tensors each read
+    when written; ``meta``: the header's metadata)."""
     try:
         from safetensors import SafetensorError, safe_open
     except ImportError:
@@ -209,11 +232,26 @@ def _load_safetensors(path: str) -> Assembled:
     try:
         with safe_open(path, framework='pt', device='cpu') as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if lazy:
+                tensors = {k: _lazy_safetensors(path, k, f.get_slice(k))
+                           for k in f.keys()}
+            else:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
     return Assembled(state_dict=tensors,
                      meta={k: _from_json(v) for k, v in meta.items()})
+
+
+def _lazy_safetensors(path: str, key: str, found: Any) -> torch.Tensor:
+    """A lazy tensor for ``key`` of ``path`` (``found``: its slice)."""
+    name = _SAFETENSORS_DTYPES.get(found.get_dtype())
+    dtype = getattr(torch, name, None) if name else None
+    if dtype is None:
+        raise ValueError(f'tensor {key!r} has the dtype '
+                         f'{found.get_dtype()}, which this torch lacks')
+    return lazy_tensor(found.get_shape(), dtype,
+                       lambda: _safetensors_tensor(path, key))
 
 
 def _from_json(value: str) -> Any:
@@ -230,7 +268,7 @@ def _from_json(value: str) -> Any:
 
 def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
               warn: Callable[[str], None] = None,
-              reader: str = 'auto') -> Any:
+              reader: str = 'auto', lazy: bool = False) -> Any:
     """Load a checkpoint file without running code from it.
 
     Args:
@@ -246,6 +284,8 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
             ``'mmconv'`` = mmconv's own restricted zip reader
             (:mod:`mmconv.torchzip`), ``'auto'`` = ``'torch'`` where that is
             a safety boundary (torch >= 2.6), ``'mmconv'`` before.
+        lazy (bool): Give ``.safetensors`` tensors as lazy tensors
+            (:mod:`mmconv.lazy`), read when written.
 
     Returns:
         The loaded object (usually a dict).
@@ -260,7 +300,7 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
         (warn or warnings.warn)(
             f'loading {path} with unsafe_load: pickled code in it WILL run')
     if path.endswith('.safetensors'):
-        return _load_safetensors(path)
+        return _load_safetensors(path, lazy)
     if path.endswith(('.pkl', '.pickle')):
         return _load_pickle(path, unsafe)
     is_zip = zipfile.is_zipfile(path)

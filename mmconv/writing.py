@@ -19,8 +19,9 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from .errors import OutputError
+from .lazy import has_lazy, load
 
-__all__ = ['save_file', 'check_destination']
+__all__ = ['save_file', 'check_destination', 'stream_save']
 
 #: ``os.link`` errors meaning "this file system has no hard links"
 _NO_HARD_LINKS = frozenset(
@@ -219,6 +220,8 @@ def _write(obj: Dict[str, Any], fmt: str, raw, tmp: str,
             writer.write(_safetensors_bytes(obj))
         elif fmt == 'pkl':  # numpy arrays + plain types (detectron2)
             pickle.dump(obj, writer, protocol=4)
+        elif _streams(obj):  # lazy tensors: read and written one by one
+            stream_save(obj, writer if publish else tmp)
         elif publish:  # every byte through the hashing writer
             torch.save(obj, writer)
         else:  # by path: torch's own writer, no Python write() per record
@@ -228,6 +231,100 @@ def _write(obj: Dict[str, Any], fmt: str, raw, tmp: str,
             raise  # not a failed write: a bug, keep its traceback
         raise _why_torch_failed(err, raw, writer) from None
     return writer.sha256.hexdigest() if publish else None
+
+
+def _streams(obj: Any) -> bool:
+    """Whether ``obj`` holds lazy tensors :func:`stream_save` can write."""
+    state_dict = obj.get('state_dict') if isinstance(obj, dict) else None
+    if not isinstance(state_dict, dict) or not has_lazy(state_dict):
+        return False
+    kinds = torch.storage._dtype_to_storage_type_map()
+    return all(v.dtype in kinds for v in state_dict.values()
+               if isinstance(v, torch.Tensor))
+
+
+class _Storage:
+    """A storage :func:`stream_save` writes after the pickle (its record
+    ``data/<key>``)."""
+
+    __slots__ = ('key', 'tensor')
+
+    def __init__(self, key: str, tensor: torch.Tensor) -> None:
+        self.key, self.tensor = key, tensor
+
+
+def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def stream_save(obj: Any, f: Any) -> None:
+    """Write ``obj`` as ``torch.save`` does (its zip layout, pickle
+    protocol and records), reading and writing one tensor at a time: each
+    tensor, lazy (:mod:`mmconv.lazy`) or not, becomes one contiguous storage
+    (a tensor object under several names: one storage), read just before
+    its record is written and released after it.
+
+    Args:
+        obj: The object to save (tensors anywhere in it).
+        f (str | file): Path or binary file object.
+    """
+    from collections import OrderedDict
+    storages: Dict[int, _Storage] = {}
+    kinds = torch.storage._dtype_to_storage_type_map()
+
+    class Pickler(pickle.Pickler):
+
+        def reducer_override(self, value: Any) -> Any:
+            if not isinstance(value, torch.Tensor):
+                return NotImplemented
+            storage = storages.setdefault(
+                id(value), _Storage(str(len(storages)), value))
+            shape = tuple(value.shape)
+            return (torch._utils._rebuild_tensor_v2,
+                    (storage, 0, shape,
+                     _contiguous_strides(shape),
+                     bool(value.requires_grad), OrderedDict()))
+
+        def persistent_id(self, value: Any) -> Any:
+            if not isinstance(value, _Storage):
+                return None
+            tensor = value.tensor
+            return ('storage', getattr(torch, kinds[tensor.dtype]),
+                    value.key, 'cpu', tensor.numel())
+
+    data = io.BytesIO()
+    Pickler(data, protocol=torch.serialization.DEFAULT_PROTOCOL).dump(obj)
+    pickled = data.getvalue()
+    with torch.serialization._open_zipfile_writer(f) as zip_file:
+        zip_file.write_record('data.pkl', pickled, len(pickled))
+        if hasattr(torch.serialization, '_get_storage_alignment'):
+            alignment = str(torch.serialization._get_storage_alignment())
+            zip_file.write_record('.format_version', '1', 1)
+            zip_file.write_record('.storage_alignment', alignment,
+                                  len(alignment))
+        zip_file.write_record('byteorder', sys.byteorder,
+                              len(sys.byteorder))
+        for storage in storages.values():
+            tensor = load(storage.tensor).detach().cpu().contiguous()
+            storage.tensor = None  # the lazy tensor's values go with it
+            _write_storage(zip_file, f'data/{storage.key}', tensor)
+            del tensor
+
+
+def _write_storage(zip_file: Any, name: str, tensor: torch.Tensor) -> None:
+    """One record holding exactly the bytes of contiguous ``tensor``."""
+    size = tensor.numel() * tensor.element_size()
+    storage = tensor.untyped_storage()
+    if tensor.storage_offset() or storage.nbytes() != size:
+        storage = tensor.clone().untyped_storage()  # a view: its own bytes
+    try:
+        zip_file.write_record(name, storage, size)
+    except TypeError:  # torch < 2.3 takes the data pointer
+        zip_file.write_record(name, storage.data_ptr(), size)
 
 
 def _why_torch_failed(err: RuntimeError, raw, writer) -> OSError:

@@ -48,7 +48,8 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     # ``mmconv.formats``: rename, detect, containers; the file I/O; the
     # MMDetection modules mmconv adds; the check of a result against its
     # target module (``verify``)
-    ('engine', ('convert', 'detect', 'containers', 'allowlist', 'reading',
+    ('engine', ('convert', 'lazy', 'detect', 'containers', 'allowlist',
+                'reading',
                 'fetching', 'hub', 'dcp', 'writing', 'torchzip',
                 'picklescan', 'models', 'verify')),
     # declarations only (see DECLARATIONS_MAY_IMPORT)
