@@ -21,7 +21,7 @@ cd "$ROOT"
 LIGHT_TESTS=(tests/test_io.py tests/test_torchzip.py tests/test_convert.py
              tests/test_detect.py tests/test_pipeline.py tests/test_layout.py
              tests/test_init.py tests/test_stack.py tests/test_hostile.py
-             tests/test_allowlist.py)
+             tests/test_allowlist.py tests/test_lazy.py)
 if [[ -z "${MMCONV_SKIP_TORCH21:-}" ]]; then
   bash "$ROOT/tools/env/setup_torch21.sh"
   "${MMCONV_VENV_TORCH21:-$ROOT/.venv-torch21}/bin/python" -m pytest -ra \
