@@ -268,3 +268,49 @@ def test_streaming_holds_a_bounded_number_of_tensors(tmp_path, monkeypatch):
 
 def _release(live: dict, size: int) -> None:
     live['now'] -= size
+
+
+def test_a_failed_read_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    """A source tensor that cannot be read when it is written (the file
+    changed under the conversion) fails in one line, and neither DST nor a
+    temporary file is left."""
+    pytest.importorskip('transformers')
+    from mmconv import reading
+    from mmconv.errors import InputError
+    from mmconv.pipeline import convert_file, load_and_convert
+    src = _safetensors_source('hf_vit', tmp_path)
+    read, calls = reading._safetensors_tensor, []
+
+    def counting(path, key):
+        calls.append(key)
+        return read(path, key)
+
+    monkeypatch.setattr(reading, '_safetensors_tensor', counting)
+    load_and_convert(src, lazy=True)
+    planned, calls[:] = len(calls), []  # reads before the writer starts
+
+    def failing(path, key):
+        calls.append(key)
+        if len(calls) > planned + 2:  # the third tensor written
+            raise InputError(f'{path}: cannot read {key!r}; check the file')
+        return read(path, key)
+
+    monkeypatch.setattr(reading, '_safetensors_tensor', failing)
+    out = tmp_path / 'out' / 'converted.pth'
+    out.parent.mkdir()
+    with pytest.raises(InputError, match='cannot read'):
+        convert_file(src, str(out))
+    assert list(out.parent.iterdir()) == []
+
+
+def test_publish_hashes_the_streamed_file(tmp_path):
+    import hashlib
+    pytest.importorskip('transformers')
+    from mmconv.pipeline import convert_file
+    src = _safetensors_source('hf_dinov3_vit', tmp_path)
+    written = convert_file(src, str(tmp_path / 'vit.pth'), publish=True)
+    with open(written.path, 'rb') as f:
+        assert hashlib.sha256(f.read()).hexdigest() == written.sha256
+    assert written.path.endswith(f'-{written.sha256[:8]}.pth')
+    out = torch.load(written.path, weights_only=True)['state_dict']
+    assert len(out) == len(written.conversion.state_dict)
