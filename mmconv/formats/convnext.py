@@ -1,92 +1,12 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""ConvNeXt v1 / v2 -> ``mmpretrain.ConvNeXt`` as MMDetection uses it.
+"""ConvNeXt v1 / v2 (official, FCMAE, DINOv3, timm, transformers,
+mmpretrain) -> ``mmpretrain.ConvNeXt`` as MMDetection uses it.
 
-The canonical names of the ``convnext`` family are those of mmpretrain's
-``ConvNeXt`` backbone (``mmpretrain/models/backbones/convnext.py``), which
-MMDetection's own ConvNeXt configs build (``type='mmpretrain.ConvNeXt'``,
-``out_indices=[0, 1, 2, 3]``, ``gap_before_final_norm=False``):
-``downsample_layers.0.{0: stem conv, 1: LN}``, ``downsample_layers.N.{0: LN,
-1: 2x2 conv}``, ``stages.N.M.{depthwise_conv, norm, pointwise_conv1,
-pointwise_conv2, gamma, grn.gamma, grn.beta}``, ``norm0`` ... ``norm3``.
-The output is a bare backbone state dict for ``model.backbone``.
-
-======================  =======================================================
-format                  layout (as the official code saves it)
-======================  =======================================================
-``convnext``            facebookresearch/ConvNeXt ``main.py`` (``utils.
-                        save_model``): ``{'model', 'optimizer', 'epoch',
-                        'scaler', 'args'[, 'model_ema']}``; released
-                        ``convnext_{tiny,small,base,...}_*.pth`` hold
-                        ``{'model'}``. ``downsample_layers``, ``stages.N.M.
-                        {dwconv, norm, pwconv1, pwconv2, gamma}``, ``norm``,
-                        ``head``
-``convnextv2``          facebookresearch/ConvNeXt-V2 fine-tuned files
-                        (``convnextv2_*_ema.pt``, ``{'model'}``): as v1 without
-                        ``gamma``, with GRN ``grn.gamma`` / ``grn.beta`` of
-                        shape ``[1, 1, 1, 4C]``
-``convnextv2_fcmae``    ConvNeXt-V2 FCMAE pre-training (``main_pretrain.py``,
-                        ``convnextv2_*_1k_224_fcmae.pt``): ``{'model': FCMAE}``
-                        with the *sparse* encoder under ``encoder.``
-                        (MinkowskiEngine parameters: conv ``kernel`` ``[k*k,
-                        in, out]``, depthwise ``kernel`` ``[k*k, C]``, biases
-                        ``[1, C]``, ``norm.ln.*``, ``pwconv1.linear.*``, GRN
-                        ``[1, 4C]``), plus the decoder (``proj``,
-                        ``mask_token``, ``decoder.*``, ``pred``); no final norm
-``timm_convnext``       timm ``ConvNeXt`` state dicts (v1 and v2, also the
-                        timm-hosted FCMAE encoders): ``stem.0/1``,
-                        ``stages.N.downsample.0/1``, ``stages.N.blocks.M.
-                        {conv_dw, norm, mlp.fc1, mlp.fc2, mlp.grn, gamma}``,
-                        ``head.norm``, ``head.fc``
-``mmpretrain_convnext`` mmpretrain ConvNeXt classifiers (``backbone.*``,
-                        ``head.*``; the file MMDetection's own config loads),
-                        MMDetection backbones and mmconv's own output
-``hf_convnext``         Hugging Face transformers ``ConvNextModel`` /
-                        ``ConvNextForImageClassification`` (``convnext.``
-                        prefix): ``embeddings``, ``encoder.stages.N.
-                        {downsampling_layer, layers.M}``,
-                        ``layer_scale_parameter``, final ``layernorm``
-``hf_convnextv2``       Hugging Face transformers ``ConvNextV2Model`` / ``..
-                        ForImageClassification``: as ``hf_convnext`` with
-                        GRN ``weight`` / ``bias`` ``[1, 1, 1, C]``
-======================  =======================================================
-
-What the conversion does besides renaming (the report lists every tensor),
-each an op of :mod:`mmconv.ops` declared on the rules it applies to:
-
-* ``densify_sparse_kernels`` (:class:`~mmconv.ops.DensifySparseKernel` on
-  the FCMAE ``kernel`` rules, :class:`~mmconv.ops.ToVector` on its conv
-  biases) turns the FCMAE encoder's MinkowskiEngine parameters into dense
-  ones exactly as the official fine-tuning loader does (ConvNeXt-V2
-  ``utils.remap_checkpoint_keys``): a conv ``kernel`` ``[k*k, in, out]``
-  becomes ``kernel.permute(2, 1, 0).reshape(out, in, k, k).transpose(3,
-  2)``, i.e. ``weight[o, i, y, x] = kernel[x*k + y, i, o]``; a depthwise
-  ``kernel`` ``[k*k, C]`` becomes ``weight[c, 0, y, x] = kernel[x*k + y,
-  c]``; biases ``[1, C]`` become ``[C]``;
-* ``grn_to_vector`` (:class:`~mmconv.ops.ToVector` on every GRN rule)
-  reshapes GRN ``gamma`` / ``beta`` (``[1, 1, 1, C]`` official, ``[1, C]``
-  FCMAE) to mmpretrain's ``[C]`` (mmpretrain#1957); any other shape is
-  refused;
-* ``flatten_pointwise_convs`` (:class:`~mmconv.ops.Flatten` on the timm
-  and mmpretrain pointwise rules) turns timm's ``conv_mlp`` (and
-  mmpretrain's ``linear_pw_conv=False``) 1x1 convs ``[out, in, 1, 1]``
-  into mmpretrain's linear ``[out, in]``;
-* the official final ``norm`` (timm ``head.norm``) becomes ``norm3`` (as
-  mmpretrain's ``convnext_to_mmpretrain.py`` maps it, which is the file
-  MMDetection's ConvNeXt config loads); ``norm0`` - ``norm2`` have no
-  counterpart in any ConvNeXt checkpoint and keep their initialisation
-  (:attr:`~mmconv.spec.Family.never_pretrained`), as does ``norm3`` for
-  FCMAE, which has no final norm;
-* the result is checked against ``mmpretrain.ConvNeXt`` itself
-  (:data:`CONVNEXT_MODULE`, built by :mod:`mmconv.verify` with the
-  arguments the weights imply); the family step
-  :func:`convnext_architecture` records those arguments
-  (``meta['convnext']``, the ``convnext:`` summary line, the config
-  hints).
-
-Official training checkpoints hold the EMA weights beside the model ones
-(``model_ema``): the ``model`` weights are converted (what the official
-``--model_key model|module`` loads); ``select='ema'`` (``--select ema``)
-takes ``model_ema``.
+The ``convnext`` family (:data:`CONVNEXT_FAMILY`; target module, whose names
+are the canonical ones: :data:`CONVNEXT_MODULE`). Rules: ``*_RULES``
+(:data:`CONVNEXT_FORMATS`, :data:`DINOV3_CONVNEXT_FORMATS`,
+:data:`HF_CONVNEXT_FORMATS`); tensor changes: :data:`GRN`,
+:data:`SPARSE_CONV`, :data:`POINTWISE`. Users: README, "ConvNeXt v1 / v2".
 """
 import re
 from typing import Any, Dict, List, Optional, Tuple
@@ -124,7 +44,8 @@ _GRN_WHY = 'grn_to_vector: GRN {shape} -> [C] (mmpretrain GRN)'
 #: ``grn_to_vector``: GRN ``gamma`` / ``beta`` -> mmpretrain's ``[C]`` (the
 #: official dense GRN stores ``[1, 1, 1, C]``, ConvNeXt-V2
 #: ``models/utils.GRN``; the sparse one ``[1, C]``, ``MinkowskiGRN``;
-#: mmpretrain's ``GRN`` broadcasts ``[C]`` itself); values and order kept.
+#: mmpretrain's ``GRN`` broadcasts ``[C]`` itself, mmpretrain#1957); values
+#: and order kept, any other shape refused.
 GRN = (ToVector(_GRN_WHY, _GRN_SHAPES), )
 #: ``densify_sparse_kernels``: ConvNeXt-V2 ``utils.remap_checkpoint_keys``
 #: (what ``main_finetune.py`` applies to the released FCMAE files).
@@ -350,15 +271,17 @@ def _convnext_kwargs(state_dict: Dict[str, Any]) -> Dict[str, Any]:
                 gap_before_final_norm=False)
 
 
-#: The module a ConvNeXt result is loaded into: mmpretrain's ``ConvNeXt``
-#: with the arguments the weights imply (its kernel size, 7, and MLP
-#: ratio, 4, are fixed).
+#: The module a ConvNeXt result is loaded into and checked against
+#: (:mod:`mmconv.verify`): mmpretrain's ``ConvNeXt`` with the arguments the
+#: weights imply (its kernel size, 7, and MLP ratio, 4, are fixed).
 CONVNEXT_MODULE = TargetModule(
     'mmpretrain.models.backbones.convnext:ConvNeXt', _convnext_kwargs,
     lambda a: f'ConvNeXt (depths={a["arch"]["depths"]}, '
     f'channels={a["arch"]["channels"]})')
 
 # --- declarations ----------------------------------------------------------
+#: ``never_pretrained``: the per-output norms ``norm0``-``norm2``, which no
+#: ConvNeXt checkpoint has (and ``norm3`` of FCMAE: no final norm).
 CONVNEXT_FAMILY = Family(
     'convnext', 'ConvNeXt backbone', options=('select', 'prefix'),
     finish=(convnext_architecture, ),

@@ -1,61 +1,12 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""DINOv3 Vision Transformers -> mmconv's ``ViTDet`` with RoPE and tokens.
+"""DINOv3 Vision Transformers (official, timm, transformers, converted) ->
+mmconv's ``ViTDet`` with RoPE and tokens.
 
-The canonical names of the ``dinov3_vit`` family are those of
-:class:`mmconv.models.ViTDet` built with ``use_rope=True,
-use_abs_pos=False, with_cls_token=True, num_reg_tokens=4`` (timm names):
-``cls_token``, ``reg_token`` (DINOv3's ``storage_tokens``),
-``patch_embed.proj``, ``rope_embed.periods``, ``blocks.N.{norm1,
-attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2 | mlp.fc1_g,
-mlp.fc1_x, mlp.fc2, ls2.gamma}``, ``norm``.
-
-==================  ===========================================================
-format              layout (as its authors save it)
-==================  ===========================================================
-``dinov3_vit``      facebookresearch/dinov3 released backbones
-                    ``dinov3_<arch>_pretrain_<lvd1689m|sat493m>-<hash>.pth``
-                    (flat ``DinoVisionTransformer`` state dicts: S, S+, B, L,
-                    L+, H+, 7B) and the training code's eval
-                    ``teacher_checkpoint.pth`` (``{'teacher': {backbone.*,
-                    dino_head.*, ibot_head.*}}``)
-``timm_dinov3``     timm ``vit_*_patch16_dinov3[_qkvb]`` (``Eva``):
-                    ``reg_token``, ``gamma_1``/``gamma_2``, ``q_bias``/
-                    ``v_bias`` only in the ``_qkvb`` variants, SwiGLU as
-                    ``fc1_g``/``fc1_x``/``fc2``
-``hf_dinov3_vit``   transformers ``DINOv3ViTModel`` (``save_pretrained``
-                    folder, shards, lone ``model.safetensors``): separate
-                    ``q/k/v_proj``, MLP ``up_proj``/``down_proj``
-``hf_dinov3_vit_gated``  the same with ``use_gated_mlp`` (S+, L+, H+, 7B):
-                    ``gate_proj``/``up_proj``/``down_proj``
-``vitdet_dinov3``   what ``mmconv convert`` writes from an official file
-                    (converted again unchanged)
-==================  ===========================================================
-
-What the conversion does besides renaming (every tensor is in the report):
-
-* the official ``qkv.bias`` holds a K third that the model multiplies by
-  its ``bias_mask`` buffer (zeros there): :data:`MASKED_K_BIAS` sets that
-  third to zero where the file has the mask (and checks the mask is the K
-  mask); ``bias_mask`` itself, ``mask_token`` and ``local_cls_norm``
-  (training only) and the heads are dropped with reasons;
-* the official SwiGLU ``w1`` (gate) / ``w2`` / ``w3`` become ``fc1_g`` /
-  ``fc1_x`` / ``fc2`` (ViTDet ``mlp='swiglu_unpacked'``; no packing);
-* timm's ``q_bias``/``v_bias`` and transformers' ``q_proj.bias``/
-  ``v_proj.bias`` become ``qkv.bias = [q; 0; v]``; transformers' separate
-  ``q/k/v_proj.weight`` are concatenated into ``qkv.weight``; a timm file
-  without q/v bias gets a zero ``qkv.bias`` (timm's default variant omits
-  it because the released biases are zero: :data:`TIMM_DERIVE`);
-* the RoPE ``periods`` buffer of the official files is kept (the official
-  model loads it from the file); timm and transformers files have none,
-  and the module's computed periods (fp32, the same formula) stay
-  (``never_pretrained``).
-
-The family step :func:`dinov3_architecture` checks that the result is one
-complete DINOv3 ViT and records the ``ViTDet`` arguments it implies. The
-family's ``fit`` rules (:data:`FIT_RULES`) refuse, in one line, a file
-given to a module it does not fit (another size, a SwiGLU file into an MLP
-model, a model without RoPE or tokens, a non-zero bias into a model
-without one) before anything is loaded.
+The ``dinov3_vit`` family (:data:`DINOV3_FAMILY`); canonical names: ViTDet's
+(timm's) with ``use_rope=True, use_abs_pos=False, with_cls_token=True,
+num_reg_tokens=4``. Rules: ``*_RULES`` (:data:`DINOV3_FORMATS`); K bias:
+:data:`MASKED_K_BIAS`; timm's missing bias: :data:`TIMM_DERIVE`; module
+checks: :data:`FIT_RULES`. Users: README, "DINOv3 ViTs -> ViTDet with RoPE".
 """
 import re
 from typing import Any, Dict, Tuple
@@ -116,6 +67,9 @@ _TOP = (r'(cls_token|patch_embed\.proj\.(?:weight|bias)|'
         r'rope_embed\.periods|norm\.(?:weight|bias))$')
 
 # fmt: off
+#: facebookresearch/dinov3 ``DinoVisionTransformer`` (flat, or ``backbone.*``
+#: of the eval teacher checkpoint); SwiGLU ``w1``/``w2``/``w3`` map one to
+#: one (ViTDet ``mlp='swiglu_unpacked'``, no packing).
 OFFICIAL_RULES: Tuple[Rule, ...] = (
     (r'^(?:dino_head|ibot_head)\.', None, 'DINOv3 DINO / iBOT head (training)'),
     (_BB + r'mask_token$', None, 'mask token (masked-image-modelling input, training only)'),
@@ -401,6 +355,9 @@ def _hints(vitdet: Dict[str, Any], dst: str) -> str:
 
 
 # --- declarations ------------------------------------------------------------
+#: ``never_pretrained``: ViTDet's relative position tables and the RoPE
+#: ``periods``, which timm and transformers files lack (the module computes
+#: them: fp32, the same formula).
 DINOV3_FAMILY = Family(
     'dinov3_vit', 'DINOv3 Vision Transformer (RoPE)',
     options=('select', 'prefix'), finish=(dinov3_architecture, ),

@@ -2,35 +2,11 @@
 """The ResNet family: canonical names, finishing steps, and the detectron2
 and torchvision targets.
 
-Every ResNet source (:mod:`.selfsup`, :mod:`.detectron2`, and here
-``hf_resnet``: Hugging Face transformers' ``ResNetModel`` /
-``ResNetForImageClassification``, :data:`HF_RESNET_RULES`) renames into the
-torchvision/MMDetection naming (``conv1``, ``bn1``, ``layer1.0.conv1`` ...,
-and ``fc`` for an ImageNet classifier), the *canonical* names. The family
-then ends every conversion with:
-
-* ``fc`` is not part of a backbone: the family's rules for each target
-  (:data:`TARGET_RULES`) drop it, unless ``--keep-fc`` asks to keep it for
-  detectron2/torchvision output (:func:`refuse_keep_fc_for_mmdet` refuses
-  it for MMDetection);
-* the result is compared with MMDetection's ``ResNet`` of the depth its
-  blocks imply (:data:`RESNET_MODULE`, built by :mod:`mmconv.verify`:
-  missing, unexpected, mis-shaped tensors in ``report.backbone``);
-  :func:`check_backbone` refuses an empty result;
-* :func:`decide_style_and_input`: what the weights cannot say is decided and
-  reported: the *style* (where a bottleneck strides: ``'caffe'`` =
-  detectron2 ``STRIDE_IN_1X1: True``, the MSRA models; ``'pytorch'`` =
-  torchvision) and the input normalisation, printed as the config changes to
-  make for the target.
-
-Targets: MMDetection (canonical names), torchvision (canonical names, bare
-state dict) and detectron2 (a ``.pkl`` of numpy arrays). detectron2's names
-are declared once, in the direction detectron2 files are read
-(:data:`DETECTRON2_NAMES`, with :func:`mmconv.reverse.rename` templates:
-``stem.``, ``res{N+1}`` = ``layerN``, ``convK.norm`` = ``bnK``,
-``shortcut``/``shortcut.norm`` = ``downsample.0/1``); the ``--to
-detectron2`` table (:data:`TO_DETECTRON2_RULES`) is that table reversed, the
-mapping of detectron2's ``tools/convert-torchvision-to-d2.py``.
+Every ResNet source (:mod:`.selfsup`, :mod:`.detectron2`, ``hf_resnet``
+here) renames into the torchvision / MMDetection names (``conv1``, ``bn1``,
+``layer1.0.conv1`` ..., ``fc``), the canonical ones. Family: :data:`RESNET`
+(target module :data:`RESNET_MODULE`, rules per target :data:`TARGET_RULES`,
+detectron2's names :data:`DETECTRON2_NAMES`). Users: README, "Converting".
 """
 import re
 from dataclasses import dataclass
@@ -88,8 +64,9 @@ DETECTRON2_NAMES: Tuple[Rule, ...] = (
 # fmt: on
 
 #: canonical -> detectron2 (``--to detectron2``): :data:`DETECTRON2_NAMES`
-#: reversed (``fc`` -> ``stem.fc``, as convert-torchvision-to-d2.py names
-#: it; detectron2 does not load it).
+#: reversed, the mapping of detectron2's
+#: ``tools/convert-torchvision-to-d2.py`` (``fc`` -> ``stem.fc``, as it
+#: names it; detectron2 does not load it).
 TO_DETECTRON2_RULES: Tuple[Rule, ...] = reverse_rules(DETECTRON2_NAMES)
 
 #: The classifier in canonical names.
@@ -110,7 +87,9 @@ class StyleFact(NamedTuple):
     """The style a layout implies (``facts['style']``).
 
     Attributes:
-        style (str): ``'caffe'`` or ``'pytorch'``.
+        style (str): ``'caffe'`` (stride in the first 1x1 conv: detectron2
+            ``STRIDE_IN_1X1: True``, the MSRA models) or ``'pytorch'``
+            (stride in the 3x3 conv: torchvision).
         reason (str): For the report (``{format}``: the format's name).
         assumed (bool): A default, not implied: a torchvision ``__author__``
             recorded in the file overrides it; reported as ASSUMED.
@@ -192,8 +171,10 @@ def _resnet_kwargs(state_dict: Mapping[str, Any]
 
 
 #: The module a ResNet backbone is loaded into: MMDetection's ``ResNet`` of
-#: the depth the blocks imply (the ImageNet classifier aside); differences
-#: are reported (``backbone:`` line, a warning), not refused.
+#: the depth the blocks imply (the ImageNet classifier aside), built by
+#: :mod:`mmconv.verify`; differences (missing, unexpected, mis-shaped
+#: tensors: ``report.backbone``) are reported (``backbone:`` line, a
+#: warning), not refused.
 RESNET_MODULE = TargetModule(
     'mmdet.models.backbones.resnet:ResNet', _resnet_kwargs,
     lambda args: f'ResNet-{args["depth"]} backbone', strict=False,
@@ -299,8 +280,9 @@ def _pixel(style: str, facts: Mapping[str, Any], sd: Mapping[str, Any],
 
 
 def decide_style_and_input(conv: 'Conversion', request: 'Request') -> None:
-    """Decide style and input normalisation; add them to the summary, the
-    meta and the config hints of the target."""
+    """Decide what the weights cannot say, style and input normalisation;
+    add them to the summary, the meta and the config hints (the changes to
+    make) of the target."""
     fmt = conv.format
     check = conv.report.backbone
     depth = check.args.get('depth')

@@ -1,95 +1,12 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Swin Transformer (v1, V2, SimMIM; official and timm) -> MMDetection's
-``SwinTransformer`` and mmpretrain's ``SwinTransformerV2``.
+"""Swin Transformer v1 / V2 (official, SimMIM, timm, transformers, converted)
+-> MMDetection's ``SwinTransformer`` and mmpretrain's ``SwinTransformerV2``.
 
-Two families, because the targets differ:
-
-* ``swin`` (v1): canonical names are those of MMDetection's
-  ``mmdet.models.backbones.SwinTransformer`` used with
-  ``convert_weights=False`` (mmconv converts, MMDetection's own
-  ``swin_converter`` is not needed): ``patch_embed.projection``,
-  ``stages.N.blocks.M.{norm1, attn.w_msa.{relative_position_bias_table,
-  qkv, proj}, norm2, ffn.layers.0.0, ffn.layers.1}``,
-  ``stages.N.downsample.{norm, reduction}`` at the **end** of stage ``N``
-  (``N`` < 3, as in the official code), ``norm0`` .. ``norm3``.
-* ``swinv2``: canonical names are those of mmpretrain's
-  ``SwinTransformerV2`` (``type='mmpretrain.SwinTransformerV2'`` in an
-  MMDetection config): the same block names plus ``attn.w_msa.{logit_scale,
-  q_bias, v_bias, cpb_mlp.0, cpb_mlp.2}``, and ``stages.N.downsample`` at the
-  **start** of stage ``N`` (``N`` >= 1, timm's placement).
-
-=====================  =======================================================
-format                 layout (as the official code saves it)
-=====================  =======================================================
-``swin``               microsoft/Swin-Transformer v1: released
-                       ``swin_{tiny,small,base,large}_patch4_window{7,12}_*.pth``
-                       ``{'model'}`` and training checkpoints ``{model,
-                       optimizer, lr_scheduler, max_accuracy, epoch, config}``
-                       (``relative_position_index`` / ``attn_mask`` buffers,
-                       ``layers.N.downsample`` ending stage ``N``, ``head``)
-``swinv2``             microsoft/Swin-Transformer V2 released files
-                       (``cpb_mlp``, ``logit_scale``, ``q_bias``/``v_bias``,
-                       ``relative_coords_table`` buffers)
-``simmim``             microsoft/SimMIM Swin pre-training ``{'model': encoder.*
-                       (+ ``mask_token``), decoder.*}``
-``simmim_swinv2``      Swin V2 SimMIM pre-training of
-                       microsoft/Swin-Transformer
-                       (``SwinTransformerV2ForSimMIM``), same wrapping
-``timm_swin``          timm ``swin_*`` state dicts (``layers.N.downsample``
-                       *starting* stage ``N``, ``head.fc``, no buffers)
-``timm_swinv2``        timm ``swinv2_*`` state dicts
-``mmdet_swin``         MMDetection ``SwinTransformer`` state dicts (mmconv's
-                       output, MMDetection's ``swin2mmdet.py`` output, a
-                       detector's ``backbone.*``): buffers dropped, nothing
-                       else
-``mmpretrain_swinv2``  mmpretrain ``SwinTransformerV2`` state dicts (mmconv's
-                       output, an ``ImageClassifier``'s ``backbone.*``)
-``hf_swin``            Hugging Face transformers ``SwinModel`` /
-                       ``SwinFor*`` (``swin.`` prefix): ``save_pretrained``
-                       files of 4.x (+ ``relative_position_index``) and 5.x,
-                       and 5.x ``state_dict()`` (``q_proj`` ... ``o_proj``);
-                       separate query/key/value fused into ``qkv``
-``hf_swinv2``          Hugging Face transformers ``Swinv2Model`` /
-                       ``Swinv2For*`` (``swinv2.`` prefix): query/key/value
-                       weights fused, query/value biases = ``q_bias`` /
-                       ``v_bias``; the window is in ``config.json`` only
-=====================  =======================================================
-
-Besides renaming (the report lists every tensor):
-
-* ``reorder_patch_merging`` (:data:`PATCH_MERGING`, a
-  :class:`~mmconv.ops.Regroup` declared on the ``downsample`` rules):
-  MMDetection's and mmpretrain's ``PatchMerging`` gather the 2x2 neighbours
-  with ``nn.Unfold`` (channel-major, kernel positions row-major) where the
-  official and timm code concatenate ``x0, x1, x2, x3`` = (top-left,
-  bottom-left, top-right, bottom-right) blocks of ``C`` channels; the input
-  columns of ``downsample.reduction.weight`` (and, in v1, the ``4C``
-  channels of ``downsample.norm``, which precedes the reduction) are
-  permuted exactly as MMDetection's ``swin_converter`` does. V2's norm
-  follows the reduction (``2C`` channels) and is kept as it is.
-* the final ``norm`` is the last stage's output norm of the detector's
-  pyramid (``norm3`` for ``out_indices=(0, 1, 2, 3)``); ``norm0``..``norm2``
-  have no pre-trained counterpart and keep their initialisation (weight 1,
-  bias 0): ``Family.never_pretrained`` lists them (and the index/coordinate
-  buffers the targets rebuild) so ``SelfSupPretrained`` does not count them
-  against its coverage, and the summary says so.
-* buffers the targets rebuild (``relative_position_index``, ``attn_mask``,
-  V2 ``relative_coords_table``) are dropped with their reason.
-* relative position bias tables at another window size (v1) are resized
-  by :class:`~mmconv.ops.ResizeTable`, which reproduces the bicubic
-  interpolation of MMDetection's ``SwinTransformer.init_weights``:
-  ``SelfSupPretrained`` applies :data:`FIT_RULES` (``Family.fit``) with the
-  module's shapes, the command line :data:`WINDOW_RULES` with the shapes
-  :func:`window_shapes` gives for ``--window-size N``
-  (``Family.fit_options``); the change is listed. Swin V2 has no table (its
-  continuous ``cpb_mlp`` is evaluated at any window); the config must then
-  set ``pretrained_window_sizes``.
-* the result is checked against the target module itself
-  (:data:`SWIN_MODULE`, :data:`SWINV2_MODULE`, built by
-  :mod:`mmconv.verify` with the arguments the weights imply) and
-  :func:`swin_architecture` records them (embed dims, depths, heads,
-  window, MLP ratio) in ``meta['swin']``, a summary line and the config
-  hints.
+Two families, because the targets differ: ``swin`` (:data:`SWIN_FAMILY`,
+:data:`SWIN_MODULE`) and ``swinv2`` (:data:`SWINV2_FAMILY`,
+:data:`SWINV2_MODULE`); the targets' names are the canonical ones. Rules:
+``*_RULES`` (:data:`SWIN_FORMATS`, :data:`HF_SWIN_FORMATS`); window fitting:
+:data:`FIT_RULES`, :data:`WINDOW_RULES`. Users: README, "Swin v1 / V2".
 """
 import math
 import re
@@ -111,6 +28,9 @@ __all__ = [
 ]
 
 # --- rule groups -----------------------------------------------------------
+# Canonical names: the targets' (:data:`SWIN_MODULE`, :data:`SWINV2_MODULE`).
+# The official / timm ``attn.*`` keep their names under ``attn.w_msa.``
+# (V2 also ``logit_scale``, ``q_bias``, ``v_bias``, ``cpb_mlp.0/2``).
 _L = r'layers\.(\d+)\.blocks\.(\d+)\.'
 _S = r'stages.\1.blocks.\2.'
 _INDEX_WHY = ('relative_position_index buffer (the target rebuilds it from '
@@ -153,7 +73,9 @@ def _stem(prefix: str, what: str) -> Tuple[Rule, ...]:
 
 #: ``reorder_patch_merging``: the input columns of a 2x2 patch merging's
 #: ``reduction.weight`` ``(2C, 4C)``, official / timm ``[x0, x1, x2, x3]``
-#: blocks -> the ``nn.Unfold`` order of MMDetection's / mmpretrain's
+#: blocks of ``C`` channels (the top-left, bottom-left, top-right,
+#: bottom-right neighbours) -> the ``nn.Unfold`` order (channel-major,
+#: kernel positions row-major) of MMDetection's / mmpretrain's
 #: ``PatchMerging`` (output channel ``c * 4 + k`` is channel ``c`` of block
 #: ``[0, 2, 1, 3][k]``: MMDetection's ``correct_unfold_reduction_order``).
 PATCH_MERGING = Regroup(
@@ -214,6 +136,7 @@ SIMMIM_RULES = _SIMMIM_HEAD + _swin_rules(r'^encoder\.', 'SimMIM encoder',
                                           0, 0, False)
 SIMMIM_SWINV2_RULES = _SIMMIM_HEAD + _swin_rules(
     r'^encoder\.', 'SimMIM Swin V2 encoder', 0, 1, True)
+# timm saves no buffer (nothing for the buffer rules to drop)
 TIMM_SWIN_RULES = _swin_rules('^', 'timm Swin', 1, -1, False)
 TIMM_SWINV2_RULES = _swin_rules('^', 'timm Swin V2', 1, 0, True)
 
@@ -506,8 +429,9 @@ def _what(args: Dict[str, Any]) -> str:
             f'{arch["embed_dims"]}, depths={list(arch["depths"])})')
 
 
-#: The modules Swin results are loaded into, with the arguments the
-#: weights imply: MMDetection's ``SwinTransformer`` and mmpretrain's
+#: The modules Swin results are loaded into and checked against
+#: (:mod:`mmconv.verify`), with the arguments the weights imply:
+#: MMDetection's ``SwinTransformer`` and mmpretrain's
 #: ``SwinTransformerV2`` (its MLP ratio, 4, is fixed).
 SWIN_MODULE = TargetModule('mmdet.models.backbones.swin:SwinTransformer',
                            _swin_kwargs, _what)
@@ -516,10 +440,15 @@ SWINV2_MODULE = TargetModule(
     _swinv2_kwargs, _what)
 
 # --- declarations ------------------------------------------------------------
+#: ``Family.never_pretrained``: ``norm0``-``norm2`` (no pre-trained
+#: counterpart: they keep weight 1, bias 0) and the buffers the targets
+#: rebuild; ``SelfSupPretrained`` does not count them against its coverage.
 _NEVER = (r'^norm[0-2]\.(?:weight|bias)$',
           r'(?:^|\.)attn\.w_msa\.relative_position_index$')
 _SELF_LOADING_SWIN = 'mmdet.models.backbones.swin:SwinTransformer'
 
+#: ``Family.fit_options``: ``--window-size N`` applies :data:`WINDOW_RULES`
+#: with the shapes :func:`window_shapes` gives.
 _WINDOW = (OptionFit('window_size', WINDOW_RULES, window_shapes), )
 
 SWIN_FAMILY = Family(

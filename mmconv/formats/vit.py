@@ -1,78 +1,12 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""Self-supervised Vision Transformers -> mmconv's ``ViTDet`` backbone.
+"""Self-supervised Vision Transformers (MAE, DINO, iBOT, MoCo v3, DINOv2,
+mmpretrain, timm, transformers) -> mmconv's ``ViTDet`` backbone.
 
-The canonical names of the ``vit`` family are those of
-:class:`mmconv.models.ViTDet`, which are timm's ``VisionTransformer`` names
-(``patch_embed.proj``, ``pos_embed`` of the patch tokens only, ``blocks.N.
-{norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2,
-ls2.gamma}``, ``norm``); the output is a bare backbone state dict for
-``model.backbone`` (``{'state_dict', 'meta'}``).
-
-====================  =========================================================
-format                layout (as the official code saves it)
-====================  =========================================================
-``mae``               facebookresearch/mae training checkpoint ``{'model':
-                      encoder + decoder_* + mask_token, 'optimizer', 'epoch',
-                      'scaler', 'args'}``
-``timm_vit``          a bare timm-layout ViT: timm ``VisionTransformer``
-                      state dicts (``reg_token``; DINOv2-in-timm with
-                      ``no_embed_class``), MAE's released encoder-only
-                      ``mae_pretrain_vit_{base,large,huge}.pth``
-                      (``{'model'}``),
-                      DINO's released backbones (bare), iBOT's released
-                      ``checkpoint_teacher.pth``, an already-converted file
-``dinov2``            facebookresearch/dinov2 hub files
-                      ``dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth`` and the
-                      training code's ``teacher_checkpoint.pth`` (``{'teacher':
-                      backbone.* (chunked ``blocks.C.N``), dino_head.*,
-                      ibot_head.*}``)
-``dino_vit``          facebookresearch/dino full checkpoint ``{student,
-                      teacher, optimizer, epoch, args, dino_loss}`` (ViT)
-``ibot``              bytedance/ibot full checkpoint ``{student, teacher,
-                      optimizer, epoch, args, ibot_loss}`` (ViT)
-``mocov3_vit``        facebookresearch/moco-v3 ``{epoch, arch, state_dict,
-                      optimizer, scaler}`` (ViT, ``module.base_encoder``)
-``mmpretrain_vit``    open-mmlab/mmpretrain 1.x self-supervised ViT algorithms
-                      (MAE, MoCoV3, ...; MMEngine checkpoint, mmpretrain's own
-                      ``backbone.layers.N.ln1/attn/ffn`` naming)
-``hf_vit``            transformers ``ViTModel`` / ``ViTForImageClassification``
-                      / ``ViTMAEModel`` (``save_pretrained`` folder, lone
-                      ``model.safetensors``, or 5.x ``state_dict()``):
-                      separate ``query``/``key``/``value`` fused into ``qkv``
-``hf_vit_mae``        transformers ``ViTMAEForPreTraining`` (``vit.*`` +
-                      ``decoder.*``)
-``hf_dinov2``         transformers ``Dinov2Model`` /
-                      ``Dinov2WithRegistersModel`` (and their classifiers):
-                      ``layer_scale{1,2}.lambda1``, SwiGLU ``weights_in/out``
-====================  =========================================================
-
-What the conversion does besides renaming (the report lists every tensor):
-
-* the class token, register tokens (DINOv2 ``register_tokens``, timm
-  ``reg_token``), mask tokens, decoders and heads are dropped with reasons;
-* the ``pos_embed`` rules remove its class/register slots (the detector
-  feeds patch tokens only): :data:`STRIP_CLASS_SLOT` (one slot, the class
-  token's) and :data:`STRIP_PREFIX_SLOTS` (timm / mmpretrain: as many as
-  the source has class and register tokens, none with timm's
-  ``no_embed_class``), recorded in ``changed`` with the number of slots;
-  :func:`require_pos_embed` / :func:`note_prefix_slots` refuse a ViT
-  without one and say when timm's slots were kept;
-* DINOv2's ``BlockChunk`` keys ``blocks.C.N`` become ``blocks.N`` (the
-  chunk-local index is already the flat index: chunk ``C`` is padded with
-  ``nn.Identity`` up to its first block) and its SwiGLU ``mlp.w12`` /
-  ``mlp.w3`` become ``mlp.fc1`` / ``mlp.fc2`` (same packing), both in the
-  rule tables; :func:`check_block_chunks` checks the chunk layout;
-* the result is checked against ``ViTDet`` itself (:data:`VIT_MODULE`,
-  built by :mod:`mmconv.verify` with the arguments the weights imply);
-  the family step :func:`vit_architecture` records those arguments
-  (``meta['vit']``, the ``vit:`` summary line, the config hints).
-  Attention heads are not in the weights (``qkv`` is ``(3C, C)`` for any
-  head count): they come from the official model definitions
-  (:data:`NUM_HEADS`), and the summary says so.
-
-LayerScale (DINOv2, timm ``init_values``) is carried as ``ls1.gamma`` /
-``ls2.gamma``: the config must then set ``layer_scale`` (any value; the
-checkpoint's gammas replace it).
+The ``vit`` family (:data:`VIT_FAMILY`; target module, whose timm names are
+the canonical ones: :data:`VIT_MODULE`). Rules: ``*_RULES``
+(:data:`VIT_FORMATS`, :data:`HF_VIT_FORMATS`); ``pos_embed`` slots:
+:data:`STRIP_CLASS_SLOT`, :data:`STRIP_PREFIX_SLOTS`; heads:
+:data:`NUM_HEADS`. Users: README, "Self-supervised Vision Transformers".
 """
 import math
 import re
@@ -91,8 +25,9 @@ __all__ = [
 ]
 
 #: Attention heads of the official models by width (the weights do not
-#: record them): timm / DeiT / MAE / DINO / iBOT / DINOv2 ViT-Ti, S, B, L,
-#: H (MAE ViT-H/14: 1280, 16 heads), g (DINOv2 giant2: 1536, 24 heads).
+#: record them: ``qkv`` is ``(3C, C)`` for any head count): timm / DeiT /
+#: MAE / DINO / iBOT / DINOv2 ViT-Ti, S, B, L, H (MAE ViT-H/14: 1280, 16
+#: heads), g (DINOv2 giant2: 1536, 24 heads).
 NUM_HEADS: Dict[int, int] = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16,
                              1536: 24}
 #: Formats whose official models differ from :data:`NUM_HEADS`: MoCo v3's
@@ -130,6 +65,8 @@ STRIP_PREFIX_SLOTS = SliceTokens(_prefix_tokens, 'class/register-token',
                                  'strip_prefix_slots', optional=True)
 
 # --- rule groups ---------------------------------------------------------
+# Canonical names: ViTDet's, which are timm's ``VisionTransformer`` names
+# (its ``pos_embed`` covers the patch tokens only).
 _DROP_TOKENS = (
     ('cls_token$', 'class token (the detector feeds patch tokens only)'),
     ('reg_token$', 'register tokens (timm reg_token; not used by the '
@@ -175,6 +112,7 @@ MAE_RULES: Tuple[Rule, ...] = (
     (r'^mask_token$', None, 'MAE decoder mask token'),
 ) + _timm_body('^', 'MAE encoder')
 
+#: timm-layout ViTs, also a file mmconv converted (the same names)
 TIMM_RULES: Tuple[Rule, ...] = _timm_body('^', 'ViT', STRIP_PREFIX_SLOTS)
 
 DINOV2_RULES: Tuple[Rule, ...] = (
@@ -452,8 +390,9 @@ def _vitdet_kwargs(state_dict: Dict[str, Any]) -> Dict[str, Any]:
                 window_size=0, global_attn_indexes=())
 
 
-#: The module a ViT result is loaded into: mmconv's ViTDet
-#: (:class:`mmconv.models.ViTDet`) with the arguments the weights imply.
+#: The module a ViT result is loaded into and checked against
+#: (:mod:`mmconv.verify`): mmconv's ViTDet (:class:`mmconv.models.ViTDet`)
+#: with the arguments the weights imply.
 VIT_MODULE = TargetModule(
     'mmconv.models.vit:ViTDet', _vitdet_kwargs,
     lambda a: f'ViT (embed_dim={a["embed_dim"]}, depth={a["depth"]}, '
