@@ -19,8 +19,8 @@ __all__ = [
     'Rule', 'Surgery', 'SourceFormat', 'Family', 'Target', 'FORMATS',
     'FAMILIES', 'TARGETS', 'OPTIONS', 'register', 'unregister', 'get_format',
     'get_target', 'format_names', 'target_names', 'Request', 'Conversion',
-    'check_shapes', 'TensorChange', 'OptionFit', 'TargetModule', 'Option',
-    'option', 'check_config'
+    'check_shapes', 'TensorChange', 'OptionFit', 'TargetModule', 'ModelConfig',
+    'Option', 'option', 'check_config'
 ]
 
 
@@ -100,6 +100,27 @@ class OptionFit(NamedTuple):
                      Dict[str, Tuple[int, ...]]]
 
 
+class ModelConfig(NamedTuple):
+    """The model of a config that a conversion implies (what a
+    :class:`TargetModule` with ``config`` builds).
+
+    Attributes:
+        config (str): ``'package::dir/file.py'`` (a config the package
+            ships under ``.mim/configs``) or a config file.
+        options (tuple[tuple[str, Any]]): ``(key, value)`` set in the
+            config's ``model`` (dotted keys, ``'neck.bias'``), in order.
+        title (str): The model, for messages (``'DINO detector (...)'``).
+        initialised (tuple[str]): Regexes of module keys this conversion
+            never provides (they keep the module's initialisation): not
+            missing.
+    """
+
+    config: str
+    options: Tuple[Tuple[str, Any], ...] = ()
+    title: str = ''
+    initialised: Tuple[str, ...] = ()
+
+
 class TargetModule(NamedTuple):
     """The module a family's results are loaded into: :mod:`mmconv.verify`
     builds it on the meta device with the arguments the weights imply and
@@ -107,30 +128,38 @@ class TargetModule(NamedTuple):
 
     Attributes:
         type (str): ``'package.module:Class'`` (imported when a conversion
-            is verified, never before).
+            is verified, never before); with ``config``, the registry that
+            builds the config's ``model`` (``'mmdet.registry:MODELS'``).
         kwargs (callable): ``kwargs(state_dict) -> dict``: the constructor
             arguments the converted tensors imply (raises
             :class:`~mmconv.errors.ConversionError` when they imply none);
-            None: the architecture is not recognised (``unknown``).
+            None: the architecture is not recognised (``unknown``). None
+            with ``config``.
         what (callable): ``what(kwargs) -> str``: the architecture, for
-            messages (``'ResNet-50 backbone'``).
+            messages (``'ResNet-50 backbone'``). None with ``config``.
         strict (bool): Refuse a result that differs from the module
             (:class:`~mmconv.errors.ConversionError`); False records the
-            comparison in ``report.backbone`` (a ResNet backbone, the
-            backbone of a detector).
+            comparison in ``report.backbone`` (a ResNet backbone, a
+            detector).
         prefix (str): Result keys under it (stripped) are the module's.
         exclude (str): Regex of result keys (after ``prefix``) that are not
             the module's (a ResNet's ImageNet classifier).
         unknown (str): ``report.backbone`` text when ``kwargs`` gives None.
+        config (callable, optional): ``config(conv) -> ModelConfig``: the
+            module is the ``model`` of the config the conversion implies
+            (:class:`ModelConfig`; None: not recognised, ``unknown``),
+            built with the ``type`` registry instead of ``kwargs``.
     """
 
     type: str
-    kwargs: Callable[[Dict[str, 'torch.Tensor']], Optional[Dict[str, Any]]]
-    what: Callable[[Dict[str, Any]], str]
+    kwargs: Optional[Callable[[Dict[str, 'torch.Tensor']],
+                              Optional[Dict[str, Any]]]]
+    what: Optional[Callable[[Dict[str, Any]], str]]
     strict: bool = True
     prefix: str = ''
     exclude: str = ''
     unknown: str = ''
+    config: Optional[Callable[['Conversion'], Optional[ModelConfig]]] = None
 
 
 class Option(NamedTuple):

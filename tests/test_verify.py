@@ -2,12 +2,15 @@
 """Verification against the target module itself (mmconv.verify): the
 module built on the meta device, the comparison, and the one rule for
 which target tensors must come from the file."""
+import os
+import pkgutil
+
 import pytest
 import torch
 
 from mmconv import ConversionError
 from mmconv.pipeline import FAMILIES, convert_checkpoint
-from mmconv.spec import Family, TargetModule
+from mmconv.spec import Family, ModelConfig, TargetModule
 from mmconv.verify import (check_module, module_shapes, never_pretrained,
                            required_keys)
 from tests.fixtures.sources import SOURCES
@@ -112,3 +115,71 @@ def test_vit_module_is_built_without_memory():
     assert 'blocks.0.attn.rel_pos_h' in shapes
     assert 'blocks.0.attn.rel_pos_h' not in required_keys(
         FAMILIES['vit'], shapes)
+
+
+_DETR_CFG = 'mmdet::detr/detr_r50_8xb2-150e_coco.py'
+
+
+def _config_target(model):
+    return TargetModule('mmdet.registry:MODELS', None, None, strict=False,
+                        config=lambda conv: model)
+
+
+def test_a_config_target_is_the_model_of_its_config():
+    """A config target: the config's model with the options, built by the
+    registry on the meta device, the names and shapes of the real one;
+    options never leak into the next build (the read config is kept)."""
+    pytest.importorskip('mmdet.registry')
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from mmdet.registry import MODELS
+    small = ModelConfig(_DETR_CFG, (('decoder.num_layers', 2),
+                                    ('num_queries', 7)), 'DETR')
+    target = _config_target(small)
+    shapes = module_shapes(target, small)
+    assert module_shapes(target, small) is shapes  # cached
+    cfg = Config.fromfile(os.path.join(
+        os.path.dirname(pkgutil.resolve_name('mmdet').__file__), '.mim',
+        'configs', 'detr', 'detr_r50_8xb2-150e_coco.py'))
+    cfg.merge_from_dict({'model.decoder.num_layers': 2,
+                         'model.num_queries': 7})
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        real = MODELS.build(cfg.model).state_dict()
+    assert shapes == {k: tuple(v.shape) for k, v in real.items()}
+    assert shapes['query_embedding.weight'] == (7, 256)
+    assert 'decoder.layers.2.norms.0.weight' not in shapes
+    plain = module_shapes(target, ModelConfig(_DETR_CFG))
+    assert plain['query_embedding.weight'] == (100, 256)
+    assert 'decoder.layers.5.norms.0.weight' in plain
+
+
+def test_a_config_target_compares_the_conversion():
+    """check_module with a config target: the conversion names the model
+    (required: a config target without it is a TypeError); a config that
+    is not there leaves the result unverified; ``initialised`` keys are not
+    missing."""
+    pytest.importorskip('mmdet.registry')
+    small = ModelConfig(_DETR_CFG, (('decoder.num_layers', 1),
+                                    ('encoder.num_layers', 1)), 'DETR-1')
+    shapes = module_shapes(_config_target(small), small)
+    sd = {k: torch.zeros(s) for k, s in shapes.items()
+          if k != 'query_embedding.weight'}
+    sd['bbox_head.fc_cls.weight'] = torch.zeros(3, 256)
+    with pytest.raises(TypeError, match='with its conversion'):
+        check_module(_config_target(small), sd, None)
+    conv = object()  # the callable is handed the conversion
+    check = check_module(_config_target(small), sd, None, conv)
+    assert check.what == 'DETR-1' and check.missing == [
+        'query_embedding.weight']
+    assert check.mismatched == [
+        'bbox_head.fc_cls.weight [3, 256] (expected [81, 256])']
+    assert check.args == {'config': _DETR_CFG, 'options': dict(small.options)}
+    left = small._replace(initialised=(r'^query_embedding\.', ))
+    assert check_module(_config_target(left), sd, None, conv).missing == []
+    gone = ModelConfig('mmdet::detr/no_such_config.py', title='gone')
+    check = check_module(_config_target(gone), sd, None, conv)
+    assert check.unchecked == 'config mmdet::detr/no_such_config.py not found'
+    assert check.describe() == ('gone (not verified: config '
+                                'mmdet::detr/no_such_config.py not found)')
+    assert check_module(_config_target(None)._replace(unknown='no model'),
+                        sd, None, conv).describe() == 'no model'

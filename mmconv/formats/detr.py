@@ -61,6 +61,15 @@ How each tensor is converted:
   refinement; ``transformer.decoder.bbox_embed``/``class_embed`` = the head's
   ModuleLists with refinement / two-stage). Keys holding one tensor that map
   to one name are merged as aliases by the core (recorded in the report).
+* **Verification** (:data:`DETR_DETECTOR`): the result is compared, names
+  and shapes, with the MMDetection detector of the config the conversion
+  records (mmconv's ``configs/detr_family/`` ones as their MMDetection
+  config plus options, :data:`FAMILY_CONFIG_MODELS`), with the options
+  the weights imply (backbone depth, box refinement, two-stage, layers,
+  queries, classes), built on the meta device; a difference is reported
+  (``backbone:`` line and a warning), not refused, and without MMDetection
+  the result is converted unverified. DN-/DAB-Deformable-DETR files have
+  no ``query_embedding``/``reference_points_fc`` (``facts['initialised']``).
 * **FrozenBatchNorm2d** (all four repositories) stores weight, bias,
   running_mean, running_var and no ``num_batches_tracked``; MMDetection's
   frozen ``BN`` (``requires_grad=False``, ``norm_eval=True``) computes the same
@@ -120,19 +129,21 @@ models; RT-DETR is recognised and refused (no MMDetection 3.3 model). See
 the comment before their rules.
 """
 import re
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from ..errors import ConversionError
 from ..ops import Concatenate, OpContext, SelectRows, When
-from ..spec import Conversion, Family, Request, Rule, SourceFormat, register
-from .resnet import RESNET_MODULE, resnet_depth
+from ..spec import (Conversion, Family, ModelConfig, Request, Rule,
+                    SourceFormat, TargetModule, register)
+from .resnet import resnet_depth
 
 __all__ = [
     'COCO_CATEGORY_IDS', 'DETR_RULES', 'DEFORMABLE_DETR_RULES',
     'CONDITIONAL_DETR_RULES', 'DN_DEFORMABLE_DETR_RULES',
     'DAB_DETR_RULES', 'DAB_DEFORMABLE_DETR_RULES', 'DINO_4SCALE_RULES',
     'DINO_5SCALE_RULES', 'DETR_FAMILY', 'DETR_FORMATS', 'coco_classes',
-    'PROPOSAL_OBJECTNESS', 'DINO_LABEL_EMBEDDING', 'detr_variant'
+    'PROPOSAL_OBJECTNESS', 'DINO_LABEL_EMBEDDING', 'detr_variant',
+    'DETR_DETECTOR', 'FAMILY_CONFIG_MODELS', 'detector_config'
 ]
 
 #: The 80 COCO category ids that MMDetection's ``CocoDataset`` numbers
@@ -497,15 +508,21 @@ def detr_variant(facts: Mapping[str, Any], keys: Iterable[str],
     return out
 
 
-def record_variant(conv: Conversion, request: Request) -> None:
-    """Family step: the model options and the config to build (into the
-    summary, the meta and the hints); the backbone is compared with its
-    module by :mod:`mmconv.verify` (:data:`DETR_BACKBONE`)."""
+def official_config(conv: Conversion) -> Tuple[str, Dict[str, Any]]:
+    """The config an official (or detrex) file implies and its options
+    (:func:`detr_variant`; the backbone depth read from the result)."""
     variant = detr_variant(conv.format.facts, conv.source,
                            [k[len('backbone.'):] for k in conv.state_dict
                             if k.startswith('backbone.')])
-    config = variant.pop('config')
-    record_config(conv, config, variant)
+    return variant.pop('config'), variant
+
+
+def record_variant(conv: Conversion, request: Request) -> None:
+    """Family step: the model options and the config to build (into the
+    summary, the meta and the hints); the detector of that config is
+    compared with the result by :mod:`mmconv.verify`
+    (:data:`DETR_DETECTOR`)."""
+    record_config(conv, *official_config(conv))
 
 
 def record_config(conv: Conversion, config: str,
@@ -558,12 +575,16 @@ def proposal_branch(conv: Conversion, request: Request) -> None:
 
 
 def detr_notes(conv: Conversion, request: Request) -> None:
-    """Family step: what the user must know about the result (the format's
-    ``facts``: ``class_notes`` when classes were remapped, ``notes``
-    always, ``dropped_in_notes``: its notes name the tensors not
-    carried)."""
+    """Family step: what the user must know about the result (a warning
+    when it differs from its detector; the format's ``facts``:
+    ``class_notes`` when classes were remapped, ``notes`` always,
+    ``dropped_in_notes``: its notes name the tensors not carried)."""
     facts = conv.format.facts
     keys = conv.state_dict
+    check = conv.report.backbone  # the detector (DETR_DETECTOR)
+    if check is not None and check.what and not check.unchecked and (
+            not check.complete):
+        conv.lines.append(f'warning:  {check.describe()}')
     if any(re.match(r'^neck\.(?:extra_)?convs\.\d+\.conv\.bias$', k)
            for k in keys) and any('.gn.' in k for k in keys):
         conv.notes.append(
@@ -622,19 +643,130 @@ def _dino_facts(levels: int) -> Dict[str, Any]:
                      num_feature_levels=levels),
         config=f'{_FAMILY_CONFIGS}dino-{levels}scale_r50_official_coco.py',
         config_depths=(50, None), proposal_branch='heads', model='DINO',
-        class_notes=(DINO_PROPOSAL_NOTE, ))
+        class_notes=(DINO_PROPOSAL_NOTE, ), queries=900)
 
 
 _TOP = ('model', )
+#: DN-/DAB-Deformable-DETR files have no MMDetection query parts: the
+#: detector's ``query_embedding`` and ``reference_points_fc`` keep their
+#: initialisation (``facts['initialised']``, :func:`detector_config`).
+_DAB_QUERIES = (r'^query_embedding\.weight$', r'^reference_points_fc\.')
 
-#: The detector's ``backbone.*``: MMDetection's ``ResNet`` of the depth its
-#: blocks imply (reported in ``backbone:``, not refused).
-DETR_BACKBONE = RESNET_MODULE._replace(prefix='backbone.', exclude='')
+
+# --- the detector the result is loaded into ----------------------------------
+_D = 'mmdet::deformable_detr/deformable-detr'
+_NECK_BIAS = (('neck.bias', True), )
+_FFN_2048 = _NECK_BIAS + tuple(
+    (f'{part}.layer_cfg.ffn_cfg.feedforward_channels', 2048)
+    for part in ('encoder', 'decoder'))
+#: mmconv's ``configs/detr_family/`` configs, as the MMDetection config
+#: each one is and the model options it sets (tests check the files build
+#: the same model): verification needs MMDetection only, not these files.
+FAMILY_CONFIG_MODELS: Dict[str, Tuple[str, Tuple[Tuple[str, Any], ...]]] = {
+    f'{_FAMILY_CONFIGS}deformable-detr_r50_official_coco.py':
+        (f'{_D}_r50_16xb2-50e_coco.py', _NECK_BIAS),
+    f'{_FAMILY_CONFIGS}deformable-detr-refine_r50_official_coco.py':
+        (f'{_D}-refine_r50_16xb2-50e_coco.py', _NECK_BIAS),
+    f'{_FAMILY_CONFIGS}deformable-detr-refine-twostage_r50_official_coco.py':
+        (f'{_D}-refine-twostage_r50_16xb2-50e_coco.py', _NECK_BIAS),
+    f'{_FAMILY_CONFIGS}dn-deformable-detr-refine_r50_official_coco.py':
+        (f'{_D}-refine_r50_16xb2-50e_coco.py', _FFN_2048),
+    f'{_FAMILY_CONFIGS}dab-deformable-detr-refine_r50_official_coco.py':
+        (f'{_D}-refine_r50_16xb2-50e_coco.py', _FFN_2048),
+    f'{_FAMILY_CONFIGS}dino-4scale_r50_official_coco.py':
+        ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py', _NECK_BIAS),
+    f'{_FAMILY_CONFIGS}dino-5scale_r50_official_coco.py':
+        ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py', (
+            ('num_feature_levels', 5), ('backbone.out_indices', (0, 1, 2, 3)),
+            ('neck.in_channels', [256, 512, 1024, 2048]),
+            ('neck.num_outs', 5), ('neck.bias', True),
+            ('encoder.layer_cfg.self_attn_cfg.num_levels', 5),
+            ('decoder.layer_cfg.cross_attn_cfg.num_levels', 5))),
+}
+#: MMDetection's model of each config folder.
+_DETECTORS = {'detr': 'DETR', 'conditional_detr': 'ConditionalDETR',
+              'dab_detr': 'DABDETR', 'deformable_detr': 'DeformableDETR',
+              'dino': 'DINO'}
+#: Variant entries -> the detector's options (transformers: ``two_stage``).
+_VARIANT_OPTIONS = (('with_box_refine', 'with_box_refine'),
+                    ('as_two_stage', 'as_two_stage'),
+                    ('two_stage', 'as_two_stage'))
+_LAYER = re.compile(r'^(encoder|decoder)\.layers\.(\d+)\.')
+
+
+def detector_config(conv: Conversion, config: str,
+                    variant: Mapping[str, Any]) -> Optional[ModelConfig]:
+    """The MMDetection detector a result is loaded into: the model of
+    ``config`` (the one the conversion records; one of mmconv's
+    ``configs/detr_family/`` is :data:`FAMILY_CONFIG_MODELS`; otherwise
+    the format's ``facts['module_config']``) with the options the weights
+    imply: backbone depth, box refinement and two-stage (``variant``),
+    encoder and decoder layers, queries, and the classes (80, or the
+    classifier's rows with ``--keep-classes``). The format's
+    ``facts['initialised']`` are the detector keys its files never have.
+    None: no MMDetection config is known for it.
+    """
+    facts = conv.format.facts
+    path = config.split(' (')[0]
+    base, options = (path, ()) if path.startswith('mmdet::') else (
+        FAMILY_CONFIG_MODELS.get(path) or FAMILY_CONFIG_MODELS.get(
+            facts.get('module_config'), (None, ())))
+    if base is None:
+        return None
+    sd = conv.state_dict
+    implied: Dict[str, Any] = {}
+    if variant.get('depth') is not None:
+        implied['backbone.depth'] = variant['depth']
+    for name, option in _VARIANT_OPTIONS:
+        if name in variant:
+            implied[option] = variant[name]
+    layers: Dict[str, int] = {}
+    for m in filter(None, map(_LAYER.match, sd)):
+        layers[m.group(1)] = max(layers.get(m.group(1), 0),
+                                 int(m.group(2)) + 1)
+    implied.update({f'{part}.num_layers': n for part, n in layers.items()})
+    queries = sd.get('query_embedding.weight')
+    if queries is not None:
+        implied['num_queries'] = queries.shape[0]
+    classifier = sd.get('bbox_head.fc_cls.weight',
+                        sd.get('bbox_head.cls_branches.0.weight'))
+    implied['bbox_head.num_classes'] = len(COCO_CATEGORY_IDS) if (
+        classifier is None or not conv.request.keep_classes) else (
+        classifier.shape[0] - int(bool(facts.get('no_object'))))
+    usual = {'backbone.depth': 50, 'encoder.num_layers': _O,
+             'decoder.num_layers': _O, 'num_queries': facts.get('queries'),
+             'bbox_head.num_classes': len(COCO_CATEGORY_IDS)}
+    shown = [f'{k}={v}' for k, v in implied.items()
+             if k in usual and v != usual[k] and f'{k}=' not in config
+             and not (k == 'backbone.depth' and (
+                 f'_r{v}_' in base or f'depth={v}' in config))]
+    detector = _DETECTORS.get(base.split('::', 1)[1].split('/', 1)[0],
+                              'MMDetection')
+    title = f'{detector} detector of {config}'
+    if shown:
+        title += f' with {", ".join(shown)}'
+    return ModelConfig(base, options + tuple(implied.items()), title,
+                       facts.get('initialised', ()))
+
+
+def _module(config: Callable[[Conversion], Tuple[str, Dict[str, Any]]]
+            ) -> TargetModule:
+    """The detector of the config ``config(conv)`` names (MMDetection's
+    registry builds it): differences are reported in ``backbone:``, not
+    refused (``--keep-classes`` may keep rows no MMDetection head has)."""
+    return TargetModule(
+        'mmdet.registry:MODELS', None, None, strict=False,
+        unknown='detector not verified: no MMDetection config known for it',
+        config=lambda conv: detector_config(conv, *config(conv)))
+
+
+#: The whole detector: the model of the config the conversion records.
+DETR_DETECTOR = _module(official_config)
 
 DETR_FAMILY = Family('detr', 'DETR-family detector',
                      options=('keep_classes', ),
                      finish=(record_variant, proposal_branch, detr_notes),
-                     targets=('mmdet', ), module=DETR_BACKBONE)
+                     targets=('mmdet', ), module=DETR_DETECTOR)
 
 # fmt: off
 DETR_FORMATS: Tuple[SourceFormat, ...] = (
@@ -649,7 +781,8 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
         '{model, optimizer, lr_scheduler, epoch, args}',
         facts=dict(variant_from_keys=True,
                    config=f'{_FAMILY_CONFIGS}dn-deformable-detr-refine_r50_official_coco.py',
-                   config_depths=(50, None), notes=(DN_NOTE, ), dropped_in_notes=True)),
+                   config_depths=(50, None), notes=(DN_NOTE, ), dropped_in_notes=True,
+                   initialised=_DAB_QUERIES)),
     SourceFormat(
         'deformable_detr', 'detr', 'Deformable DETR',
         rules=DEFORMABLE_DETR_RULES, strict=True,
@@ -668,7 +801,8 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
                    config='an MMDetection DeformableDETR with with_box_refine={with_box_refine}, '
                    'as_two_stage={as_two_stage}, neck bias=True',
                    config_depths=(50, None), proposal_branch='rows',
-                   model='two-stage Deformable DETR')),
+                   model='two-stage Deformable DETR', queries=300,
+                   module_config=f'{_FAMILY_CONFIGS}deformable-detr_r50_official_coco.py')),
     SourceFormat(
         'conditional_detr', 'detr', 'Conditional DETR',
         rules=CONDITIONAL_DETR_RULES, strict=True,
@@ -679,7 +813,7 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
         source='Atten4Vis/ConditionalDETR: main.py saves {model, optimizer, '
         'lr_scheduler, epoch, args}',
         facts=dict(config='mmdet::conditional_detr/conditional-detr_r50_8xb2-50e_coco.py',
-                   config_depths=(50, ))),
+                   config_depths=(50, ), queries=300)),
     SourceFormat(
         'detr', 'detr', 'DETR',
         rules=DETR_RULES, strict=True,
@@ -692,7 +826,7 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
         facts=dict(config_by=('depth', ),
                    configs={(101, ): 'mmdet::detr/detr_r101_8xb2-500e_coco.py'},
                    config='mmdet::detr/detr_r50_8xb2-150e_coco.py',
-                   class_notes=(DETR_SOFTMAX_NOTE, ))),
+                   class_notes=(DETR_SOFTMAX_NOTE, ), queries=100, no_object=True)),
     SourceFormat(
         'dino_5scale', 'detr', 'DINO 5-scale (IDEA-Research)',
         rules=DINO_5SCALE_RULES, strict=True,
@@ -728,7 +862,8 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
                    ' (with with_box_refine={with_box_refine}, as_two_stage={as_two_stage})',
                    config_depths=(50, None), proposal_branch='rows',
                    model='two-stage DAB-Deformable-DETR',
-                   notes=(DAB_DEFORMABLE_NOTE, ), dropped_in_notes=True)),
+                   notes=(DAB_DEFORMABLE_NOTE, ), dropped_in_notes=True,
+                   initialised=_DAB_QUERIES)),
     SourceFormat(
         'dab_detr', 'detr', 'DAB-DETR',
         rules=DAB_DETR_RULES, strict=True,
@@ -739,7 +874,7 @@ DETR_FORMATS: Tuple[SourceFormat, ...] = (
         source='IDEA-Research/DAB-DETR: main.py -m dab_detr saves {model, '
         'optimizer, lr_scheduler, epoch, args}',
         facts=dict(config='mmdet::dab_detr/dab-detr_r50_8xb2-50e_coco.py',
-                   config_depths=(50, ))),
+                   config_depths=(50, ), queries=300)),
 )
 # fmt: on
 
@@ -1015,11 +1150,7 @@ def hf_variant(conv: Conversion, request: Request) -> None:
             than the weights have.
     """
     facts = conv.format.facts
-    depth = resnet_depth(k[len('backbone.'):] for k in conv.state_dict
-                         if k.startswith('backbone.'))
-    layers = _hf_decoder_layers(conv.source)
-    variant: Dict[str, Any] = {'depth': depth, **facts.get('variant', {}),
-                               'decoder_layers': layers}
+    config, variant = hf_config(conv)
     cfg = conv.entries.get('config')
     if isinstance(cfg, Mapping) and 'model_type' in cfg:
         said = {'model_type': cfg['model_type'], **{
@@ -1037,6 +1168,19 @@ def hf_variant(conv: Conversion, request: Request) -> None:
             conv.notes.append(
                 'config.json: dilation=True (DC5): build the ResNet with '
                 'strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2)')
+    record_config(conv, config, variant)
+
+
+def hf_config(conv: Conversion) -> Tuple[str, Dict[str, Any]]:
+    """The config a transformers layout implies (named with the backbone
+    depth, decoder layers and queries that differ from it) and its
+    options."""
+    facts = conv.format.facts
+    depth = resnet_depth(k[len('backbone.'):] for k in conv.state_dict
+                         if k.startswith('backbone.'))
+    layers = _hf_decoder_layers(conv.source)
+    variant: Dict[str, Any] = {'depth': depth, **facts.get('variant', {}),
+                               'decoder_layers': layers}
     config = facts.get('configs', {}).get(depth, facts['config'])
     extra = [f'backbone depth={depth}'] if depth not in facts.get(
         'config_depths', (depth, )) else []
@@ -1047,7 +1191,7 @@ def hf_variant(conv: Conversion, request: Request) -> None:
         extra.append(f'num_queries={queries.shape[0]}')
     if extra:
         config += f' (with {", ".join(extra)})'
-    record_config(conv, config, variant)
+    return config, variant
 
 
 def hf_branches(conv: Conversion, request: Request) -> None:
@@ -1083,7 +1227,7 @@ def hf_branches(conv: Conversion, request: Request) -> None:
 DETR_HF_FAMILY = Family(
     'detr_hf', 'DETR-family detector (Hugging Face transformers)',
     options=('keep_classes', ), finish=(hf_variant, hf_branches, detr_notes),
-    targets=('mmdet', ), module=DETR_BACKBONE)
+    targets=('mmdet', ), module=_module(hf_config))
 
 _HF_DEFORMABLE_SENTINELS = (
     r'^model\.level_embed$',
@@ -1114,7 +1258,8 @@ DETR_HF_FORMATS: Tuple[SourceFormat, ...] = (
         source='transformers DetrForObjectDetection.save_pretrained (4.x and 5.x write the same)',
         facts=_hf_facts('detr', 'mmdet::detr/detr_r50_8xb2-150e_coco.py', 100,
                         configs={101: 'mmdet::detr/detr_r101_8xb2-500e_coco.py'},
-                        config_depths=(50, 101), class_notes=(DETR_SOFTMAX_NOTE, ))),
+                        config_depths=(50, 101), class_notes=(DETR_SOFTMAX_NOTE, ),
+                        no_object=True)),
     SourceFormat(
         'hf_deformable_detr', 'detr_hf', 'Deformable DETR (transformers DeformableDetrForObjectDetection)',
         rules=HF_DEFORMABLE_DETR_RULES, strict=True,

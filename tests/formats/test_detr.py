@@ -23,16 +23,20 @@ from mmconv.cli import preset_main
 from mmconv.detect import detect_format
 from mmconv.errors import ConversionError, UnknownFormatError
 from mmconv.formats import FORMATS, format_names
-from mmconv.formats.detr import (COCO_CATEGORY_IDS, PROPOSAL_OBJECTNESS,
-                                 coco_classes, detr_variant)
+from mmconv.formats.detr import (COCO_CATEGORY_IDS, DETR_DETECTOR,
+                                 FAMILY_CONFIG_MODELS, PROPOSAL_OBJECTNESS,
+                                 coco_classes, detector_config, detr_variant,
+                                 official_config)
 from mmconv.ops import apply
 from mmconv.pipeline import convert_checkpoint
+from mmconv.verify import check_module, module_shapes
 
 #: tools/model_converters/detr_family2mmdet.py
 main = partial(preset_main, 'detr_family2mmdet')
 from tests.fixtures.detr_checkpoints import (CASES, build_detector,
                                              load_manifest, manifest_names,
                                              synthesize_checkpoint)
+from tests.fixtures.sources import SOURCES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -489,3 +493,161 @@ def test_mmengine_load_checkpoint_strict(tmp_path):
     out = load_file(str(dst))
     for key, value in out['state_dict'].items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+# --- verification against the whole MMDetection detector ---------------------
+#: Every DETR-family format with a source builder (both families).
+_DETECTOR_FORMATS = [n for n in format_names('detr') + format_names('detr_hf')
+                     if n in SOURCES]
+
+
+@pytest.mark.parametrize('fmt', _DETECTOR_FORMATS)
+def test_each_result_is_its_whole_detector(fmt):
+    """Each format's result has exactly the names and shapes of the
+    MMDetection detector of the config it records, built on the meta
+    device: nothing missing (DN/DAB: query parts declared initialised),
+    unexpected or mis-shaped, and no warning."""
+    pytest.importorskip('mmdet.registry')
+    conv = convert_checkpoint(SOURCES[fmt]().checkpoint, fmt)
+    check = conv.report.backbone
+    assert check.complete, check.describe()
+    assert check.what.endswith(f'detector of {conv.meta["mmdet_config"]}')
+    assert not check.unchecked and 'warning:' not in conv.summary()
+    assert f'backbone: complete {check.what}' in conv.summary()
+    assert check.args['options']['bbox_head.num_classes'] == 80
+    initialised = {r'^query_embedding\.weight$', r'^reference_points_fc\.'}
+    assert set(conv.format.facts.get('initialised', ())) == (
+        initialised if 'dab_deformable' in fmt or 'dn_deformable' in fmt
+        else set())
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_meta_detector_is_the_config_model(name):
+    """The meta-device detector the verification builds (MMDetection's
+    config + declared options, FAMILY_CONFIG_MODELS) has the names and
+    shapes of the real model of the config each case is built from
+    (mmconv's configs/detr_family files included), and is cached."""
+    pytest.importorskip('mmdet.registry')
+    conv = convert_checkpoint(synthesize_checkpoint(load_manifest(name)))
+    model = detector_config(conv, *official_config(conv))
+    shapes = module_shapes(DETR_DETECTOR, model)
+    real = build_detector(CASES[name][1]).state_dict()
+    assert shapes == {k: tuple(v.shape) for k, v in real.items()}
+    assert module_shapes(DETR_DETECTOR, model) is shapes
+    path = conv.meta['mmdet_config']
+    assert path in FAMILY_CONFIG_MODELS or path.startswith('mmdet::')
+
+
+def _convert_file(tmp_path, ckpt, *args):
+    """CLI exit code and the report of ``ckpt`` converted."""
+    n = len(list(tmp_path.iterdir()))
+    src, dst = tmp_path / f'src{n}.pth', tmp_path / f'dst{n}.pth'
+    torch.save(ckpt, src)
+    code = main([str(src), str(dst), *args])
+    return code, convert_checkpoint(ckpt, keep_classes='--keep-classes'
+                                    in args)
+
+
+def test_a_wrong_result_is_reported_naming_the_key(tmp_path, capsys):
+    """A result its detector cannot load is reported (backbone: line, a
+    warning; converted, exit 0) naming the key: a decoder layer tensor
+    missing, a class head of another shape, another number of feature
+    levels, and the DINO label embedding --keep-classes keeps (92 rows,
+    91 classes)."""
+    pytest.importorskip('mmdet.registry')
+    ckpt = synthesize_checkpoint(load_manifest('dino_4scale_r50'))
+    del ckpt['model']['transformer.decoder.layers.3.linear2.weight']
+    code, conv = _convert_file(tmp_path, ckpt)
+    check = conv.report.backbone
+    assert code == 0 and check.missing == [
+        'decoder.layers.3.ffn.layers.1.weight']
+    assert check.unexpected == check.mismatched == []
+    assert (f'warning:  INCOMPLETE DINO detector of '
+            f'{conv.meta["mmdet_config"]}: 1 missing (first: '
+            'decoder.layers.3.ffn.layers.1.weight)') in conv.summary()
+
+    ckpt = synthesize_checkpoint(load_manifest('dino_4scale_r50'))
+    ckpt['model']['transformer.level_embed'] = torch.zeros(5, 256)
+    code, conv = _convert_file(tmp_path, ckpt)
+    assert code == 0 and conv.report.backbone.mismatched == [
+        'level_embed [5, 256] (expected [4, 256])']
+
+    ckpt = synthesize_checkpoint(load_manifest('deformable_detr_refine_r50'))
+    narrow = ckpt['model']['class_embed.2.weight'][:, :128].clone()
+    for key in ('class_embed.2.weight',
+                'transformer.decoder.class_embed.2.weight'):
+        if key in ckpt['model']:  # the same module under both names
+            ckpt['model'][key] = narrow
+    code, conv = _convert_file(tmp_path, ckpt)
+    assert code == 0 and conv.report.backbone.mismatched == [
+        'bbox_head.cls_branches.2.weight [80, 128] (expected [80, 256])']
+
+    ckpt = synthesize_checkpoint(load_manifest('dino_4scale_r50'))
+    code, conv = _convert_file(tmp_path, ckpt, '--keep-classes')
+    check = conv.report.backbone
+    assert code == 0 and check.args['options']['bbox_head.num_classes'] == 91
+    assert check.mismatched == ['dn_query_generator.label_embedding.weight '
+                                '[92, 256] (expected [91, 256])']
+    assert 'with bbox_head.num_classes=91' in check.what
+
+
+def test_a_5scale_result_is_not_a_4scale_detector():
+    """The 5-scale DINO result against the 4-scale detector: the fifth
+    level's keys are unexpected, every level-sized tensor mis-shaped."""
+    pytest.importorskip('mmdet.registry')
+    conv = convert_checkpoint(synthesize_checkpoint(
+        load_manifest('dino_5scale_r50')))
+    four = convert_checkpoint(synthesize_checkpoint(
+        load_manifest('dino_4scale_r50')))
+    check = check_module(DETR_DETECTOR, conv.state_dict, conv.family, four)
+    assert 'neck.convs.3.conv.weight' in check.unexpected
+    assert 'level_embed [5, 256] (expected [4, 256])' in check.mismatched
+    assert any(k.startswith('encoder.layers.0.self_attn.sampling_offsets.')
+               for k in check.mismatched)
+
+
+def test_options_the_weights_imply():
+    """Layers, classes (--keep-classes: the classifier rows; DETR's softmax
+    head has one more) and box refinement are read from the result, and
+    named where the recorded config does not say them."""
+    pytest.importorskip('mmdet.registry')
+    ckpt = synthesize_checkpoint(load_manifest('detr_r50'))
+    for p in ('weight', 'bias'):
+        ckpt['model'][f'class_embed.{p}'] = \
+            ckpt['model'][f'class_embed.{p}'][:21].clone()
+    for key in [k for k in ckpt['model']
+                if k.startswith('transformer.decoder.layers.5.')]:
+        del ckpt['model'][key]
+    check = convert_checkpoint(ckpt, keep_classes=True).report.backbone
+    assert check.complete, check.describe()
+    options = check.args['options']
+    assert options['bbox_head.num_classes'] == 20  # 21 rows: + no-object
+    assert options['decoder.num_layers'] == 5
+    assert check.what.endswith(' with decoder.num_layers=5, '
+                               'bbox_head.num_classes=20')
+    # two-stage Deformable DETR with 5 decoder layers, rows kept
+    ckpt = _two_stage_with_decoder_layers(5)
+    check = convert_checkpoint(ckpt, keep_classes=True).report.backbone
+    assert check.complete, check.describe()
+    assert check.args['options']['as_two_stage'] is True
+
+
+def test_without_mmdetection_results_convert_unverified(monkeypatch):
+    """No MMDetection: the same tensors, the detector marked not
+    verified."""
+    import mmconv.verify as verify
+    ckpt = synthesize_checkpoint(load_manifest('deformable_detr_r50'))
+    expected = convert_checkpoint(ckpt).state_dict
+    monkeypatch.setattr(verify, '_SHAPES', {})
+    # import mmdet.registry fails (without MMDetection: 'mmdet is not ...')
+    monkeypatch.setitem(sys.modules, 'mmdet.registry', None)
+    conv = convert_checkpoint(ckpt)
+    check = conv.report.backbone
+    assert check.unchecked == 'mmdet.registry is not installed'
+    assert check.what.startswith('DeformableDETR detector of ')
+    assert check.describe().endswith(
+        '(not verified: mmdet.registry is not installed)')
+    assert 'warning:' not in conv.summary()
+    assert conv.state_dict.keys() == expected.keys()
+    assert all(torch.equal(v, expected[k])
+               for k, v in conv.state_dict.items())
