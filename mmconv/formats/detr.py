@@ -1,132 +1,13 @@
 # Copyright (c) mmconv contributors. All rights reserved.
-"""DETR-family checkpoints from their official repositories -> MMDetection 3.x.
+"""DETR-family detectors (official repositories, transformers) ->
+MMDetection 3.x detectors.
 
-=====================  ==========================================  ==========================
-format                 official repository (model)                 MMDetection model
-=====================  ==========================================  ==========================
-``detr``               facebookresearch/detr (R50, R101)           ``DETR``
-``deformable_detr``    fundamentalvision/Deformable-DETR (plain,   ``DeformableDETR``
-                       ``--with_box_refine``, ``--two_stage``)     (``with_box_refine``,
-                                                                   ``as_two_stage``)
-``conditional_detr``   Atten4Vis/ConditionalDETR                   ``ConditionalDETR``
-``dn_deformable_detr`` IDEA-Research/DN-DETR                       ``DeformableDETR`` refine:
-                       (``-m dn_dab_deformable_detr``)             backbone, neck, encoder,
-                                                                   decoder layers and heads
-                                                                   only (see below)
-``dino_4scale``        IDEA-Research/DINO (``DINO_4scale.py``)     ``DINO`` (see below)
-``dino_5scale``        IDEA-Research/DINO (``DINO_5scale.py``)     ``DINO``, 5 levels
-``dab_detr``           IDEA-Research/DAB-DETR (``-m dab_detr``)    ``DABDETR`` (exact)
-``dab_deformable_detr`` IDEA-Research/DAB-DETR                     ``DeformableDETR`` refine:
-                       (``-m dab_deformable_detr``)                as DN-Deformable-DETR
-=====================  ==========================================  ==========================
-
-The official training scripts save ``{'model', 'optimizer', 'lr_scheduler',
-'epoch', 'args'}`` (``args`` an ``argparse.Namespace``, admitted by mmconv's
-weights-only allowlist); the released files hold ``{'model'}``. Only
-``checkpoint['model']`` is converted.
-
-How each tensor is converted:
-
-* **Renames** are data: one ordered ``(regex, replacement or None, reason)``
-  table per format (:data:`DETR_RULES`, :data:`DEFORMABLE_DETR_RULES`,
-  :data:`CONDITIONAL_DETR_RULES`, :data:`DN_DEFORMABLE_DETR_RULES`), applied by
-  the pipeline (first match wins; ``None`` drops the tensor with its
-  reason); a tensor outside the table is an error (``strict``). Shared groups: backbone (``backbone.0.body.``
-  -> MMDetection ``ResNet``), input projection (``input_proj`` ->
-  ``ChannelMapper`` neck), level/query embeddings, transformer layers
-  (``linear1/linear2`` -> ``ffn.layers.0.0/ffn.layers.1``, ``normK`` ->
-  ``norms.J`` in the order MMDetection applies them), heads.
-* **Class rows** are ops declared on the classifier rules (skipped with
-  ``--keep-classes``): :func:`coco_classes` turns the classifier of the
-  original COCO id space (91 rows, ids 0..90, or 92 with DETR's no-object
-  row last) into MMDetection's 80 contiguous classes, keeping the no-object
-  row last where the MMDetection head has one (``DETRHead``: softmax over
-  ``num_classes + 1``; ``DeformableDETRHead``/``ConditionalDETRHead`` use a
-  sigmoid over ``num_classes`` and have none); :data:`PROPOSAL_OBJECTNESS`
-  keeps the two-stage proposal classifier's rows by position;
-  :data:`DINO_LABEL_EMBEDDING` remaps DINO's denoising label embedding.
-* **Format facts** (``SourceFormat.facts``): the model options and config
-  each format implies and its notes, read by the family steps
-  (:func:`record_variant`, :func:`proposal_branch`, :func:`detr_notes`),
-  which change no tensor.
-* **Attention projections**: every packed ``in_proj_weight``/``in_proj_bias``
-  of the official models (``nn.MultiheadAttention``, q/k/v rows in that
-  order) lands in an MMDetection ``MultiheadAttention``, which wraps
-  ``nn.MultiheadAttention`` as ``.attn`` with the same packed layout, so it is
-  renamed, never split; Conditional DETR's separate ``sa_*``/``ca_*``
-  projections map one to one onto MMDetection's ``ConditionalAttention``
-  (``qcontent_proj``, ``qpos_proj``, ...), so nothing is joined either.
-* **Aliases**: Deformable DETR registers one module under several names
-  (``class_embed.N`` = the same ``nn.Linear`` for every N without box
-  refinement; ``transformer.decoder.bbox_embed``/``class_embed`` = the head's
-  ModuleLists with refinement / two-stage). Keys holding one tensor that map
-  to one name are merged as aliases by the core (recorded in the report).
-* **Verification** (:data:`DETR_DETECTOR`): the result is compared, names
-  and shapes, with the MMDetection detector of the config the conversion
-  records (mmconv's ``configs/detr_family/`` ones as their MMDetection
-  config plus options, :data:`FAMILY_CONFIG_MODELS`), with the options
-  the weights imply (backbone depth, box refinement, two-stage, layers,
-  queries, classes), built on the meta device; a difference is reported
-  (``backbone:`` line and a warning), not refused, and without MMDetection
-  the result is converted unverified. DN-/DAB-Deformable-DETR files have
-  no ``query_embedding``/``reference_points_fc`` (``facts['initialised']``).
-* **FrozenBatchNorm2d** (all four repositories) stores weight, bias,
-  running_mean, running_var and no ``num_batches_tracked``; MMDetection's
-  frozen ``BN`` (``requires_grad=False``, ``norm_eval=True``) computes the same
-  and PyTorch fills the missing counter on load, so strict loading reports no
-  missing key.
-
-Known difference: the official Deformable DETR (and DN-Deformable-DETR)
-``input_proj.N.0`` convolutions carry a bias which MMDetection's GN
-``ChannelMapper`` omits by default (``bias='auto'``). The bias is kept and the
-configs in ``configs/detr_family/`` build the neck with ``bias=True``; the
-report says so. Nothing is dropped silently.
-
-DN-Deformable-DETR: MMDetection has no DAB/DN-Deformable-DETR and no model
-with exactly its decoder (its queries are 4-d anchor boxes ``refpoint_embed``
-with 255-d content ``tgt_embed`` plus a denoising indicator, and the decoder
-computes query positions with ``ref_point_head``/``query_scale``; MMDetection
-``DINO`` has no ``query_scale``, a final decoder norm, and two-stage queries).
-So the layers whose layouts are identical are converted into MMDetection's
-``DeformableDETR`` with box refinement (``feedforward_channels=2048``):
-backbone, neck, level embedding, encoder, decoder layers, class and box
-branches. Not carried (listed as dropped with these reasons):
-``label_enc`` (denoising label embedding), ``tgt_embed``, ``refpoint_embed``,
-``transformer.decoder.ref_point_head``, ``transformer.decoder.query_scale``;
-MMDetection's ``query_embedding`` and ``reference_points_fc`` stay at their
-initialisation, so the result needs fine-tuning before it detects anything.
-DAB-Deformable-DETR (the model DN-Deformable-DETR adds denoising to; told
-apart by DN's ``label_enc``) converts the same way; not carried:
-``tgt_embed``, ``refpoint_embed``, ``transformer.decoder.ref_point_head``,
-``transformer.decoder.query_scale``.
-
-DINO (IDEA-Research/DINO, :data:`DINO_4SCALE_RULES` /
-:data:`DINO_5SCALE_RULES`; 5-scale takes C2-C5 so ``input_proj.3`` is a
-backbone level and ``input_proj.4`` the extra one): Deformable DETR
-layers, ``transformer.tgt_embed`` -> ``query_embedding``, the final decoder
-norm, ``ref_point_head``. The six decoder heads are *one* Linear and *one*
-MLP registered as ``class_embed.N``, ``bbox_embed.N`` and
-``transformer.decoder.{class,bbox}_embed.N`` (``dec_pred_*_embed_share``):
-each output branch 0..5 is that tensor (MMDetection's branches are
-separate copies with the same values), the second names merge as
-aliases. The two-stage heads ``transformer.enc_out_{class,bbox}_embed``
-are separate modules and become branch 6 (``cls_branches[num_layers]``,
-:func:`proposal_branch`). Classes: every branch, the proposal one too
-(both codes rank proposals by their best class, unlike Deformable DETR's
-objectness), and the denoising ``label_enc`` (92 rows: ids 0..90 plus one
-row DINO never indexes; :data:`DINO_LABEL_EMBEDDING`) -> 80 classes.
-
-DAB-DETR (:data:`DAB_DETR_RULES`): Conditional-DETR decoder attention, PReLU
-FFNs (``activation.weight`` -> ``ffn.layers.0.1.weight``), encoder and
-decoder ``query_scale``, ``ref_anchor_head``, 4-d anchor queries
-``refpoint_embed`` -> ``query_embedding``, one box MLP shared by every layer
-(``bbox_embed`` = ``transformer.decoder.bbox_embed``, aliases).
-
-Hugging Face transformers layouts (family ``detr_hf``, formats ``hf_*``,
-:data:`DETR_HF_FORMATS`): the same detectors as transformers'
-``save_pretrained`` writes them (4.x and 5.x), into the same MMDetection
-models; RT-DETR is recognised and refused (no MMDetection 3.3 model). See
-the comment before their rules.
+The ``detr`` family (:data:`DETR_FAMILY`, :data:`DETR_FORMATS`: DETR,
+Deformable, Conditional, DN-/DAB-Deformable, DAB-DETR, DINO 4/5-scale) and
+``detr_hf`` (:data:`DETR_HF_FORMATS`; RT-DETR refused). Rules: ``*_RULES``;
+class rows: :func:`coco_classes`; verified against :data:`DETR_DETECTOR`
+(:func:`detector_config`). Users: README, "DETR family (official
+repositories -> MMDetection 3.x)".
 """
 import re
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
@@ -171,7 +52,9 @@ def coco_classes(no_object: bool, what: str) -> SelectRows:
     The official models classify category *ids* (``num_classes = 91``: rows
     0..90, of which the 80 in :data:`COCO_CATEGORY_IDS` are used); DETR adds
     a no-object row at index 91. MMDetection numbers the 80 classes 0..79 in
-    id order and, for softmax heads (``DETRHead``), puts no-object last.
+    id order and, for softmax heads (``DETRHead``, over ``num_classes + 1``),
+    puts no-object last; its sigmoid heads (over ``num_classes``:
+    ``DeformableDETRHead``, ``ConditionalDETRHead`` ...) have no such row.
 
     Args:
         no_object (bool): The source has a no-object row (92 rows) and the
@@ -246,6 +129,11 @@ _ENC = r'^transformer\.encoder\.layers\.' + _L
 _DEC = r'^transformer\.decoder\.layers\.' + _L
 
 # fmt: off
+#: The official ResNet -> MMDetection ``ResNet``. FrozenBatchNorm2d (all
+#: four repositories) stores weight, bias, running_mean and running_var, no
+#: ``num_batches_tracked``: MMDetection's frozen ``BN``
+#: (``requires_grad=False``, ``norm_eval=True``) computes the same and
+#: PyTorch fills the missing counter on load, so a strict load misses no key.
 BACKBONE_RULES: Tuple[Rule, ...] = (
     (r'^backbone\.0\.body\.fc\.', None,     'ImageNet classifier (not in the detector)'),
     (r'^backbone\.0\.body\.',  'backbone.', 'ResNet (backbone.0.body -> MMDetection ResNet; FrozenBatchNorm2d -> frozen BN)'),
@@ -347,8 +235,11 @@ def _deformable_branches(classes: SelectRows) -> Tuple[Rule, ...]:
     """Heads per decoder layer (+1 for two-stage proposals):
     ``class_embed.N`` (its rows: ``classes``) / ``bbox_embed.N`` (MLP
     layers 0, 1, 2 = Sequential indices 0, 2, 4 of MMDetection's
-    reg_branches); the ``transformer.decoder.*_embed`` names are the same
-    modules registered a second time (aliases)."""
+    reg_branches). Deformable DETR registers modules under several names:
+    without box refinement every ``class_embed.N`` is one ``nn.Linear``
+    (each branch gets that tensor: MMDetection's branches are copies);
+    with refinement / two-stage, ``transformer.decoder.*_embed`` are the
+    head's ModuleLists registered a second time (aliases)."""
     return (
         Rule(r'^(?:transformer\.decoder\.)?class_embed\.(\d+)\.',      r'bbox_head.cls_branches.\1.',   'classifier of decoder layer N (rows remapped by remap_coco_classes)', ops=(classes, ), unless='keep_classes'),
         (r'^(?:transformer\.decoder\.)?bbox_embed\.(\d+)\.layers\.0\.', r'bbox_head.reg_branches.\1.0.', 'box MLP layer 0 of decoder layer N'),
@@ -380,7 +271,13 @@ TWO_STAGE_PROPOSAL_CLASSES = Rule(
 DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = (BACKBONE_RULES + _DEFORMABLE_TRANSFORMER + (TWO_STAGE_PROPOSAL_CLASSES, )
                                            + _deformable_head(DEFORMABLE_DETR_CLASSES))
 
-#: Not carried from DN-Deformable-DETR (no MMDetection equivalent).
+#: Not carried from DN-Deformable-DETR (no MMDetection equivalent): its
+#: queries are 4-d anchor boxes with 255-d content plus a denoising
+#: indicator, and its decoder computes query positions with
+#: ``ref_point_head``/``query_scale``; no MMDetection model has that
+#: decoder (``DINO`` has no ``query_scale``, a final decoder norm and
+#: two-stage queries), so the layers whose layouts are identical go into
+#: ``DeformableDETR`` with box refinement (:data:`DN_NOTE`).
 DN_NOT_CARRIED: Tuple[Rule, ...] = (
     (r'^label_enc\.',      None, 'NOT carried: denoising label embedding (92 ids x 255 + indicator); MMDetection DeformableDETR has no denoising queries'),
     (r'^tgt_embed\.',      None, 'NOT carried: DAB content queries (255-d + indicator); MMDetection query_embedding keeps its initialisation'),
@@ -395,7 +292,9 @@ DN_NOT_CARRIED: Tuple[Rule, ...] = (
 DN_DEFORMABLE_DETR_RULES: Tuple[Rule, ...] = (DN_NOT_CARRIED + BACKBONE_RULES + _DEFORMABLE_TRANSFORMER
                                               + _deformable_head(DEFORMABLE_DETR_CLASSES))
 
-#: DAB-Deformable-DETR: the DAB query parts MMDetection has no module for.
+#: DAB-Deformable-DETR (the model DN-Deformable-DETR adds denoising to,
+#: told apart by DN's ``label_enc``) converts the same way: the DAB query
+#: parts MMDetection has no module for.
 DAB_DEFORMABLE_NOT_CARRIED: Tuple[Rule, ...] = (
     (r'^tgt_embed\.',      None, 'NOT carried: DAB content queries (num_queries x 256); MMDetection query_embedding keeps its initialisation'),
     (r'^refpoint_embed\.', None, 'NOT carried: DAB learnable 4-d anchor boxes; MMDetection predicts 2-d reference points with reference_points_fc (initialised)'),
@@ -429,7 +328,8 @@ def _multiscale_input_proj(backbone_levels: int) -> Tuple[Rule, ...]:
 
     Args:
         backbone_levels (int): Feature levels taken from the ResNet (3 for
-            4-scale models, 4 for 5-scale ones).
+            4-scale models, 4 for 5-scale ones: C2-C5, so ``input_proj.3``
+            is a backbone level and ``input_proj.4`` the extra one).
 
     Returns:
         tuple[Rule]: Renames onto MMDetection's GN ``ChannelMapper``.
@@ -445,7 +345,12 @@ def _multiscale_input_proj(backbone_levels: int) -> Tuple[Rule, ...]:
 
 _P = OFFICIAL_DECODER_LAYERS
 #: DINO: Deformable DETR layers, two-stage proposals scored by their own
-#: (unshared) class/box heads, content queries, denoising label embedding.
+#: (unshared) class/box heads (branch 6: :func:`proposal_branch`), content
+#: queries, denoising label embedding. Its six decoder heads are *one*
+#: Linear and *one* MLP (``dec_pred_*_embed_share``) registered as
+#: ``class_embed.N``/``bbox_embed.N`` and
+#: ``transformer.decoder.{class,bbox}_embed.N``: each branch 0..5 gets that
+#: tensor (:func:`_deformable_branches`), the second names are aliases.
 _DINO_QUERIES: Tuple[Rule, ...] = _TWO_STAGE_MEMORY + (
     (r'^transformer\.tgt_embed\.', 'query_embedding.', 'content queries (embed_init_tgt)'),
     Rule(r'^transformer\.enc_out_class_embed\.', f'bbox_head.cls_branches.{_P}.', 'two-stage proposal classifier (rows remapped by remap_coco_classes: both codes rank proposals by their best class)', ops=(DINO_CLASSES, ), unless='keep_classes'),
@@ -601,6 +506,8 @@ def detr_notes(conv: Conversion, request: Request) -> None:
 
 
 # --- format facts ------------------------------------------------------------
+# SourceFormat.facts: the options, config and notes each format implies,
+# read by the family steps above (they change no tensor).
 _UNUSED_IDS = sorted(set(range(COCO_NUM_IDS)) - set(COCO_CATEGORY_IDS))
 DETR_SOFTMAX_NOTE = (
     'DETRHead applies its softmax to the 80 classes + no-object only: '
@@ -760,7 +667,8 @@ def _module(config: Callable[[Conversion], Tuple[str, Dict[str, Any]]]
         config=lambda conv: detector_config(conv, *config(conv)))
 
 
-#: The whole detector: the model of the config the conversion records.
+#: The whole detector: the model of the config the conversion records,
+#: compared with the result by names and shapes (:mod:`mmconv.verify`).
 DETR_DETECTOR = _module(official_config)
 
 DETR_FAMILY = Family('detr', 'DETR-family detector',
