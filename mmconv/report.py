@@ -139,7 +139,7 @@ class ConversionReport:
         lines += [f'          {n:5d}  {reason}'
                   for reason, n in self.dropped_by_reason().items()]
         if self.backbone is not None:
-            lines.append(f'backbone: {self.backbone.describe()}')
+            lines.append(f'module:   {self.backbone.describe()}')
         return '\n'.join(lines)
 
     def details(self) -> str:

@@ -74,7 +74,7 @@ def test_detectron1_blobs_file_converts(tmp_path, capsys):
         == 0
     out = capsys.readouterr().out
     assert "checkpoint['blobs']" in out and 'blobs.lr' in out
-    assert re.search(r'backbone: (complete ResNet-50 backbone|ResNet-50 '
+    assert re.search(r'module: +(complete ResNet-50 backbone|ResNet-50 '
                      r'backbone \(not verified: mmdet is not installed\))',
                      out)
     assert main(['convert', str(src), str(tmp_path / 'b.pth')]) == 0

@@ -513,7 +513,7 @@ def test_each_result_is_its_whole_detector(fmt):
     assert check.complete, check.describe()
     assert check.what.endswith(f'detector of {conv.meta["mmdet_config"]}')
     assert not check.unchecked and 'warning:' not in conv.summary()
-    assert f'backbone: complete {check.what}' in conv.summary()
+    assert f'module:   complete {check.what}' in conv.summary()
     assert check.args['options']['bbox_head.num_classes'] == 80
     initialised = {r'^query_embedding\.weight$', r'^reference_points_fc\.'}
     assert set(conv.format.facts.get('initialised', ())) == (
@@ -549,7 +549,7 @@ def _convert_file(tmp_path, ckpt, *args):
 
 
 def test_a_wrong_result_is_reported_naming_the_key(tmp_path, capsys):
-    """A result its detector cannot load is reported (backbone: line, a
+    """A result its detector cannot load is reported (module: line, a
     warning; converted, exit 0) naming the key: a decoder layer tensor
     missing, a class head of another shape, another number of feature
     levels, and the DINO label embedding --keep-classes keeps (92 rows,
