@@ -284,8 +284,9 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
             ``'mmconv'`` = mmconv's own restricted zip reader
             (:mod:`mmconv.torchzip`), ``'auto'`` = ``'torch'`` where that is
             a safety boundary (torch >= 2.6), ``'mmconv'`` before.
-        lazy (bool): Give ``.safetensors`` tensors as lazy tensors
-            (:mod:`mmconv.lazy`), read when written.
+        lazy (bool): Give the tensors of ``.safetensors`` and zip-format
+            PyTorch files as lazy tensors (:mod:`mmconv.lazy`), read when
+            written.
 
     Returns:
         The loaded object (usually a dict).
@@ -315,14 +316,27 @@ def load_file(path: str, *, unsafe: bool = False, mmap: bool = True,
                 return _torch_load(path, unsafe, False)
             if reader == 'mmconv':
                 from .torchzip import load_torch_zip
-                return load_torch_zip(path, allowed_global)
+                return load_torch_zip(path, allowed_global, lazy=lazy)
             _prescan_torch(path, is_zip)
-            return _torch_load(path, unsafe, mmap)
+            loaded = _torch_load(path, unsafe, mmap)
+            return _lazy_torch_zip(path, loaded) if lazy else loaded
         except _FAILURES as err:
             failure = _failure(path, err, retry_lazy=True)
             if failure is None:
                 continue  # e.g. HistoryBuffer: import MMEngine, retry
             raise failure from None
+
+
+def _lazy_torch_zip(path: str, loaded: Any) -> Any:
+    """What torch loaded from the zip ``path``, with lazy tensors: the
+    same objects from mmconv's reader (:mod:`mmconv.torchzip`), each
+    storage read when it is written; ``loaded`` itself (memory-mapped)
+    where that reader refuses the file."""
+    from .torchzip import load_torch_zip
+    try:
+        return load_torch_zip(path, allowed_global, lazy=True)
+    except _FAILURES + (MMConvError, ):
+        return loaded
 
 
 def _check_legacy(path: str, reader: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from .allowlist import python3_name
+from .lazy import lazy_tensor
 from .picklescan import (MAX_BROADCAST, PickleRefused, PickleRejected,
                          Scan, ScanRules, scan_pickle)
 
@@ -52,9 +53,34 @@ class _StorageType:
         self.dtype = dtype
 
 
+class _LazyRecord:
+    """A record of the file read only when a tensor viewing it is
+    (:mod:`mmconv.lazy`): where its bytes are."""
+
+    __slots__ = ('path', 'start', 'length')
+
+    def __init__(self, path: str, start: int, length: int) -> None:
+        self.path, self.start, self.length = path, start, length
+
+    def nbytes(self) -> int:
+        return self.length
+
+    def read(self) -> torch.UntypedStorage:
+        """The record's bytes, in memory of their own."""
+        data = torch.empty(self.length, dtype=torch.uint8)
+        with open(self.path, 'rb') as f:
+            f.seek(self.start)
+            done = f.readinto(memoryview(data.numpy())) if self.length \
+                else 0
+        if done != self.length:
+            raise ValueError(f'{self.path} changed while reading it')
+        return data.untyped_storage()
+
+
 class StorageRecord:
     """One storage of the file: its dtype and its bytes (an
-    ``UntypedStorage`` slice of the memory map)."""
+    ``UntypedStorage`` slice of the memory map, or a :class:`_LazyRecord`).
+    """
 
     __slots__ = ('dtype', 'data')
 
@@ -103,6 +129,10 @@ def _rebuild(storage: Any, offset: Any, size: Any, stride: Any,
     if numel > max(storage.numel, MAX_BROADCAST):
         raise pickle.UnpicklingError(
             f'tensor of {numel} elements views a storage of {storage.numel}')
+    if isinstance(storage.data, _LazyRecord):
+        record, dtype = storage.data, storage.dtype
+        return lazy_tensor(size, dtype, lambda: torch.empty(
+            (0, ), dtype=dtype).set_(record.read(), offset, size, stride))
     tensor = torch.empty((0, ), dtype=storage.dtype)
     return tensor.set_(storage.data, offset, size, stride)
 
@@ -381,29 +411,35 @@ class _Unpickler(pickle.Unpickler):
             if data is None or data.nbytes() != nbytes:
                 raise pickle.UnpicklingError(f'storage {key[:20]} is missing '
                                              'or truncated')
-            if data.data_ptr() % _itemsize(kind.dtype):
+            if not isinstance(data, _LazyRecord) and \
+                    data.data_ptr() % _itemsize(kind.dtype):
                 data = data.clone()  # not 64-byte aligned (not torch.save's)
             self._storages[key] = StorageRecord(kind.dtype, data)
         return self._storages[key]
 
 
-def _bytes(storage: torch.UntypedStorage) -> bytes:
-    """The bytes of a (small) storage slice."""
+def _bytes(storage: Any) -> bytes:
+    """The bytes of a (small) storage slice or lazy record."""
+    if isinstance(storage, _LazyRecord):
+        storage = storage.read()
     return bytes(torch.empty((0, ), dtype=torch.uint8).set_(
         storage, 0, (storage.nbytes(), ), (1, )).numpy())
 
 
-def load_torch_zip(path: str, allowed: Callable[[str, str], Any]) -> Any:
+def load_torch_zip(path: str, allowed: Callable[[str, str], Any],
+                   lazy: bool = False) -> Any:
     """Load a ``torch.save`` zip file without ``torch.load``.
 
     Args:
         path (str): The file (zip format, as torch>=1.6 writes).
         allowed (callable): ``allowed(module, name)`` -> the object a global
             stands for, or None to refuse it.
+        lazy (bool): Give lazy tensors (:mod:`mmconv.lazy`), each reading
+            its record when it is read, into memory of its own.
 
     Returns:
         The saved object; tensors are CPU views of a private memory map of
-        the file (writing to them never changes the file).
+        the file (writing to them never changes the file), or lazy.
 
     Raises:
         pickle.UnpicklingError: A refused global (``Unsupported global:
@@ -415,10 +451,16 @@ def load_torch_zip(path: str, allowed: Callable[[str, str], Any]) -> Any:
     """
     path = os.fspath(path)
     prefix, table, _ = check_torch_zip(path, allowed)
-    # shared=False: a private (copy-on-write) mapping, as torch.load's mmap
-    mapped = torch.UntypedStorage.from_file(path, False,
-                                            os.path.getsize(path))
-    records = _records(path, mapped, table)
+    if lazy:
+        records: Dict[str, Any] = {
+            name: _LazyRecord(path, start, length)
+            for name, (start, length) in table.items()}
+    else:
+        # shared=False: a private (copy-on-write) mapping, as torch.load's
+        # mmap
+        mapped = torch.UntypedStorage.from_file(path, False,
+                                                os.path.getsize(path))
+        records = _records(path, mapped, table)
     order = records.get(f'{prefix}byteorder')
     if order is not None and _bytes(order) not in (b'little', ):
         raise ValueError('big-endian torch file: not supported')

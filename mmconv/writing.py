@@ -321,9 +321,10 @@ def _write_storage(zip_file: Any, name: str, tensor: torch.Tensor) -> None:
     storage = tensor.untyped_storage()
     if tensor.storage_offset() or storage.nbytes() != size:
         storage = tensor.clone().untyped_storage()  # a view: its own bytes
-    try:
+    if 'StorageBase' in (type(zip_file).write_record.__doc__ or ''):
         zip_file.write_record(name, storage, size)
-    except TypeError:  # torch < 2.3 takes the data pointer
+    else:  # older torch takes the data pointer (and would print a storage
+        # passed where it takes a string)
         zip_file.write_record(name, storage.data_ptr(), size)
 
 

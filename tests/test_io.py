@@ -191,7 +191,7 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
     dst = tmp_path / 'dst.pth'
     dst.write_bytes(b'old')
 
-    def full_disk(obj, f):  # torch.save(obj, path or file object)
+    def full_disk(obj, f):  # torch.save / stream_save(obj, path or file)
         if isinstance(f, str):
             with open(f, 'ab') as out:
                 out.write(b'x' * 1000)
@@ -200,6 +200,7 @@ def test_disk_full_leaves_nothing(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, 'No space left on device')
 
     monkeypatch.setattr(mio.torch, 'save', full_disk)
+    monkeypatch.setattr(mio, 'stream_save', full_disk)  # streamed sources
     with pytest.raises(OutputError, match='no space left'):
         save_file({'state_dict': _backbone()}, str(dst), force=True)
     assert preset_main('selfsup2mmdet', [str(src), str(dst), '--force']) == 6
