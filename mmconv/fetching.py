@@ -518,8 +518,10 @@ def load_source(name: str, *, unsafe: bool = False,
         unsafe (bool): Allow arbitrary pickles (trusted files only).
         warn (callable, optional): Receives the ``unsafe`` warning.
         progress, sha256, timeout, max_bytes: See :func:`local_copy`.
-        lazy (bool): Safetensors weights as lazy tensors, read when written
-            (:mod:`mmconv.lazy`).
+        lazy (bool): Lazy tensors (:mod:`mmconv.lazy`), read when written,
+            for local files and folders and ``hf://`` (whose files stay in
+            their cache); a URL's or MMEngine backend's temporary copy is
+            read whole.
 
     Returns:
         The loaded object.
@@ -531,6 +533,8 @@ def load_source(name: str, *, unsafe: bool = False,
         UnsafeCheckpointError: The file needs a global not on the allowlist.
     """
     name = os.fspath(name)
+    # lazy tensors read their file when written: only where it stays
+    lazy = lazy and (is_hf_name(name) or not is_remote(name))
     with _local_copy(name, progress, sha256, timeout, max_bytes) as copy:
         if copy.path == os.path.expanduser(name):
             return load_local(copy.path, unsafe=unsafe, warn=warn,

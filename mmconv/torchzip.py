@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from .allowlist import python3_name
+from .errors import InputError
 from .lazy import lazy_tensor
 from .picklescan import (MAX_BROADCAST, PickleRefused, PickleRejected,
                          Scan, ScanRules, scan_pickle)
@@ -68,12 +69,19 @@ class _LazyRecord:
     def read(self) -> torch.UntypedStorage:
         """The record's bytes, in memory of their own."""
         data = torch.empty(self.length, dtype=torch.uint8)
-        with open(self.path, 'rb') as f:
-            f.seek(self.start)
-            done = f.readinto(memoryview(data.numpy())) if self.length \
-                else 0
+        try:
+            with open(self.path, 'rb') as f:
+                f.seek(self.start)
+                done = f.readinto(memoryview(data.numpy())) \
+                    if self.length else 0
+        except OSError as err:
+            raise InputError(f'{self.path}: cannot read it any more '
+                             f'({err.strerror or err}); it was moved or '
+                             'removed while converting: convert again'
+                             ) from None
         if done != self.length:
-            raise ValueError(f'{self.path} changed while reading it')
+            raise InputError(f'{self.path}: it changed while converting '
+                             '(a record ends early); convert again')
         return data.untyped_storage()
 
 

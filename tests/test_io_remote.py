@@ -475,3 +475,28 @@ def test_two_ranks_download_once(server, tmp_path):
     for rank in range(2):
         got = torch.load(tmp_path / f'rank{rank}.pth')
         assert all(torch.equal(got[k], v) for k, v in sd.items())
+
+
+def test_convert_from_a_url_is_read_whole(tmp_path, served):
+    """``mmconv convert URL DST``: the download (and then its cached copy)
+    is read whole, not streamed from a file that moves into the cache (or
+    is removed) once it is read; the output equals the local file's."""
+    from mmconv.lazy import is_lazy
+    from mmconv.pipeline import convert_file
+    base, root, _ = served
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({'epoch': 1, 'state_dict': {
+        f'module.encoder_q.{k}': v for k, v in tv.items()}},
+        root / 'moco.pth.tar')
+    local = convert_file(str(root / 'moco.pth.tar'), str(tmp_path / 'l.pth'))
+    assert all(is_lazy(v) for v in local.conversion.source.values())
+    expected = torch.load(local.path, weights_only=True)['state_dict']
+    for attempt in ('download', 'cache'):
+        written = convert_file(f'{base}/moco.pth.tar',
+                               str(tmp_path / f'{attempt}.pth'))
+        assert not any(is_lazy(v)
+                       for v in written.conversion.source.values())
+        got = torch.load(written.path, weights_only=True)['state_dict']
+        assert list(got) == list(expected)
+        assert all(torch.equal(got[k], v) for k, v in expected.items())

@@ -353,3 +353,22 @@ def test_publish_hashes_the_streamed_file(tmp_path):
     assert written.path.endswith(f'-{written.sha256[:8]}.pth')
     out = torch.load(written.path, weights_only=True)['state_dict']
     assert len(out) == len(written.conversion.state_dict)
+
+
+@pytest.mark.parametrize('kind', ['safetensors', 'pth'])
+def test_a_source_removed_before_writing_is_an_input_error(kind, tmp_path):
+    """A source file removed between reading and writing: an input error
+    naming it (exit 3), not an output error, and nothing written."""
+    import os
+
+    from mmconv.errors import InputError
+    from mmconv.pipeline import build_output, load_and_convert
+    from mmconv.writing import save_file
+    src = _source_file('moco', tmp_path, kind)
+    conv = load_and_convert(src, lazy=True)
+    os.remove(src)
+    out = tmp_path / 'out'
+    out.mkdir()
+    with pytest.raises(InputError, match=src):
+        save_file(build_output(conv, src), str(out / 'converted.pth'))
+    assert list(out.iterdir()) == []
