@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Tuple
 import torch
 
 __all__ = ['lazy_tensor', 'is_lazy', 'load', 'Loading', 'defer',
-           'materialize', 'has_lazy']
+           'materialize', 'has_lazy', 'computed_outside']
 
 #: Attribute of a lazy tensor: the zero-argument function giving its values.
 _LOADER = '_mmconv_load'
@@ -56,6 +56,14 @@ def load(value: Any) -> Any:
 def has_lazy(state_dict: Mapping[str, Any]) -> bool:
     """Whether any value of ``state_dict`` is lazy."""
     return any(is_lazy(v) for v in state_dict.values())
+
+
+def computed_outside(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a value of ``state_dict`` is a meta tensor without values:
+    code other than the engine's declared ops (a format's surgery step)
+    computed it from a lazy tensor."""
+    return any(isinstance(v, torch.Tensor) and v.device.type == 'meta'
+               and not is_lazy(v) for v in state_dict.values())
 
 
 def materialize(state_dict: Mapping[str, Any]) -> dict:

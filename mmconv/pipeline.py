@@ -125,11 +125,30 @@ def convert_state_dict(unwrapped: Union['Unwrapped', Mapping[str, Any]],
             the detected one), empty result, collision, strict layout.
     """
     from .containers import Unwrapped
-    from .convert import apply_rules, chain_rules, derive, refit
-    from .verify import verify
+    from .errors import MMConvError
+    from .lazy import computed_outside, has_lazy, materialize
     request = _as_request(request, options)
     if not isinstance(unwrapped, Unwrapped):
         unwrapped = Unwrapped(dict(unwrapped))
+    if not has_lazy(unwrapped.state_dict):
+        return _convert(unwrapped, request, entries)
+    try:  # lazy tensors: the declared ops stream; a step of code may not
+        conv = _convert(unwrapped, request, entries)
+        if not computed_outside(conv.state_dict):
+            return conv
+    except MMConvError:
+        raise
+    except Exception:  # a step computed on a lazy tensor's meta values
+        pass
+    return _convert(replace(unwrapped, state_dict=materialize(
+        unwrapped.state_dict)), request, entries)
+
+
+def _convert(unwrapped: 'Unwrapped', request: Request,
+             entries: Optional[Mapping[str, Any]]) -> Conversion:
+    """:func:`convert_state_dict` of an :class:`Unwrapped`."""
+    from .convert import apply_rules, chain_rules, derive, refit
+    from .verify import verify
     sd = unwrapped.state_dict
     keys = list(sd)
     fmt, how = _resolve(keys, request)

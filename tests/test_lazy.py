@@ -372,3 +372,36 @@ def test_a_source_removed_before_writing_is_an_input_error(kind, tmp_path):
     with pytest.raises(InputError, match=src):
         save_file(build_output(conv, src), str(out / 'converted.pth'))
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize('step', ['computes', 'reads_values'])
+def test_a_surgery_step_of_code_gets_real_tensors(step, tmp_path):
+    """A format declared with a surgery function (code, not declared ops)
+    that computes on a tensor, or reads its values, converts a streamed
+    source as it converts one in memory (read whole)."""
+    from mmconv import unregister
+    from mmconv.pipeline import convert_checkpoint, convert_file
+    from mmconv.reading import load_file
+    from mmconv.spec import Family, SourceFormat, register
+
+    def surgery(conv, request):
+        weight = conv.state_dict['fc.weight']
+        if step == 'reads_values' and float(weight.abs().sum()) == 0:
+            return
+        conv.state_dict['fc.weight'] = weight.t().contiguous() * 2
+
+    family = Family('lazytoy', 'Lazy toy network')
+    fmt = SourceFormat('lazytoy', 'lazytoy', 'Lazy toy layout',
+                       rules=((r'^lt\.head\.', 'fc.', 'head'), ),
+                       sentinels=(r'^lt\.head\.weight$', ),
+                       surgery=(surgery, ))
+    register(family, fmt)
+    try:
+        src = str(tmp_path / 'toy.pth')
+        torch.save({'lt.head.weight': torch.randn(2, 3)}, src)
+        eager = convert_checkpoint(load_file(src))
+        written = convert_file(src, str(tmp_path / 'out.pth'))
+        out = torch.load(written.path, weights_only=True)['state_dict']
+        assert torch.equal(out['fc.weight'], eager.state_dict['fc.weight'])
+    finally:
+        unregister(fmt, family)
