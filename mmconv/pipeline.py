@@ -317,7 +317,8 @@ def load_and_convert(src: str, request: Union[str, Request] = 'auto', *,
                      warn: Optional[Callable[[str], None]] = None,
                      lazy: bool = False, **options: Any) -> Conversion:
     """Load ``src`` (path or URL) safely, once, and convert it (``lazy``:
-    safetensors weights are read when written, :mod:`mmconv.lazy`)."""
+    the tensors of local files and ``hf://`` are read when written,
+    :mod:`mmconv.lazy`)."""
     from .fetching import load_source
     return convert_checkpoint(load_source(src, unsafe=unsafe, warn=warn,
                                           lazy=lazy), request, **options)
@@ -339,9 +340,9 @@ def convert_file(src: str, dst: str, request: Union[str, Request] = 'auto',
     """Convert the checkpoint ``src`` and write it to ``dst`` atomically.
 
     The destination is checked before anything is loaded, the source is
-    read once, and nothing is written on any error. Safetensors sources
-    stream: each tensor is read (and its ops run) when it is written, so
-    memory does not grow with the model.
+    read once, and nothing is written on any error. Safetensors and
+    zip-format PyTorch sources stream: each tensor is read (and its ops
+    run) when it is written, so memory does not grow with the model.
 
     Args:
         src (str): Source checkpoint path or URL.

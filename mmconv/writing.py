@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from .errors import OutputError
-from .lazy import has_lazy, load
+from .lazy import has_lazy, load, materialize
 
 __all__ = ['save_file', 'check_destination', 'stream_save']
 
@@ -215,6 +215,10 @@ def _write(obj: Dict[str, Any], fmt: str, raw, tmp: str,
     """Serialise ``obj`` into the open temporary file ``raw`` (path
     ``tmp``); return its sha256 with ``publish``."""
     writer = _HashingWriter(raw) if publish else raw
+    if fmt == 'pytorch' and not _streams(obj) and isinstance(obj, dict) \
+            and isinstance(obj.get('state_dict'), dict):
+        # lazy tensors of a dtype torch.save names no storage type for
+        obj = dict(obj, state_dict=materialize(obj['state_dict']))
     try:
         if fmt == 'safetensors':
             writer.write(_safetensors_bytes(obj))

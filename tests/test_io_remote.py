@@ -135,6 +135,16 @@ def test_hook_never_loads_a_hostile_url(tmp_path, served):
     assert not marker.exists()
 
 
+def _moco_file(path) -> dict:
+    """Write a MoCo v2 training file of a seeded torchvision ResNet-18 to
+    ``path``; return the ResNet's state dict."""
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({'epoch': 1, 'state_dict': {
+        f'module.encoder_q.{k}': v for k, v in tv.items()}}, path)
+    return tv
+
+
 def test_url_loads_once_into_the_hub_cache(tmp_path, served, hub_dir):
     """A real MoCo file by URL initialises an MMDetection ResNet-18 through
     SelfSupPretrained; the download is cached and reused."""
@@ -142,11 +152,7 @@ def test_url_loads_once_into_the_hub_cache(tmp_path, served, hub_dir):
 
     from mmconv.init import SelfSupPretrainedInit
     base, root, requests = served
-    torch.manual_seed(0)
-    tv = torchvision.models.resnet18(weights=None).state_dict()
-    torch.save({'epoch': 1, 'state_dict': {
-        f'module.encoder_q.{k}': v for k, v in tv.items()}},
-        root / 'moco.pth.tar')
+    tv = _moco_file(root / 'moco.pth.tar')
     url = f'{base}/moco.pth.tar'
     for _ in range(2):
         model = ResNet(depth=18)
@@ -484,11 +490,7 @@ def test_convert_from_a_url_is_read_whole(tmp_path, served):
     from mmconv.lazy import is_lazy
     from mmconv.pipeline import convert_file
     base, root, _ = served
-    torch.manual_seed(0)
-    tv = torchvision.models.resnet18(weights=None).state_dict()
-    torch.save({'epoch': 1, 'state_dict': {
-        f'module.encoder_q.{k}': v for k, v in tv.items()}},
-        root / 'moco.pth.tar')
+    _moco_file(root / 'moco.pth.tar')
     local = convert_file(str(root / 'moco.pth.tar'), str(tmp_path / 'l.pth'))
     assert all(is_lazy(v) for v in local.conversion.source.values())
     expected = torch.load(local.path, weights_only=True)['state_dict']

@@ -405,3 +405,20 @@ def test_a_surgery_step_of_code_gets_real_tensors(step, tmp_path):
         assert torch.equal(out['fc.weight'], eager.state_dict['fc.weight'])
     finally:
         unregister(fmt, family)
+
+
+def test_a_dtype_without_a_storage_type_is_read_whole(tmp_path):
+    """A lazy tensor whose dtype ``torch.save`` names no storage type for
+    (float8) is read first and written by ``torch.save``: values, not a
+    meta tensor, reach the file."""
+    from mmconv.writing import save_file
+    real = torch.arange(6.).reshape(2, 3).to(torch.float8_e4m3fn)
+    try:
+        torch.save(real, io.BytesIO())
+    except KeyError:
+        pytest.skip(f'torch {torch.__version__} cannot save float8')
+    path = save_file({'state_dict': {'w': _lazy(real)}, 'meta': {}},
+                     str(tmp_path / 'out.pth'))[0]
+    loaded = torch.load(path, weights_only=True)['state_dict']['w']
+    assert loaded.device.type == 'cpu' and loaded.dtype == real.dtype
+    assert torch.equal(loaded.float(), real.float())
