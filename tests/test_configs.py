@@ -17,6 +17,7 @@ from tests.fixtures.mmpretrain_layouts import build_mmpretrain
 from tests.fixtures.official_layouts import ALL_BUILDERS, save_layout
 from tests.helpers.mim_train import (BIN, ROOT, assert_losses_finite,  # noqa
                                      backbone_row, data_options, run_train)
+from tests.helpers.tiers import sweep
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'),
                                recursive=True))
@@ -44,7 +45,19 @@ def _name(path):
     return os.path.relpath(path, os.path.join(ROOT, 'configs'))
 
 
-@pytest.mark.parametrize('path', ALL_CONFIGS, ids=map(_name, ALL_CONFIGS))
+#: one config per directory in the fast tier
+FAST_CONFIGS = (
+    'convnext/mask-rcnn_convnext-t-p4-w7-official-raw-pre_fpn_amp-ms-crop-3x_'
+    'coco.py', 'detr_family/dino-4scale_r50_official_coco.py',
+    'dinov3/mask-rcnn_vit-b-dinov3-selfsup-raw-pre_simple-fpn_lsj-100e_'
+    'coco.py',
+    'selfsup_pretrain/mask-rcnn_r50-mocov2-selfsup-raw-pre_fpn_1x_coco.py',
+    'swin/mask-rcnn_swin-t-p4-w7-official-raw-pre_fpn_1x_coco.py',
+    'vitdet/mask-rcnn_vit-b-mae-selfsup-raw-pre_simple-fpn_lsj-100e_coco.py')
+
+
+@pytest.mark.parametrize('path', sweep(ALL_CONFIGS, FAST_CONFIGS,
+                                       map(_name, ALL_CONFIGS)))
 def test_config_parses_and_builds(path):
     """Config.fromfile + MMDetection's registry: a typo cannot ship."""
     from mmengine.config import Config

@@ -299,6 +299,7 @@ def test_chain_rules_keeps_merged_and_copied_records():
                                               'b.0.qkv.bias'}
 
 
+@pytest.mark.slow
 def test_mmpretrain_models_import_with_transformers_installed():
     """mmpretrain 1.2's BLIP import breaks on transformers>=4.5x; with
     mmconv imported first, mmpretrain.models imports (the multimodal

@@ -21,6 +21,7 @@ from mmconv.reading import TORCH_WEIGHTS_ONLY_IS_SAFE, _pickle_rules
 from mmconv.torchzip import check_torch_zip
 from tests.fixtures import hostile
 from tests.fixtures.hostile import CLI_CLASSES, build_corpus
+from tests.helpers.tiers import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the read paths of this torch: torch.load(weights_only) only where it is
@@ -157,7 +158,8 @@ def test_every_case_on_every_reader(corpus, module_tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize('cls', CLI_CLASSES)
+# every class runs in the fast tier in one process: the test above
+@pytest.mark.parametrize('cls', sweep(CLI_CLASSES, ()))
 def test_command_line_per_class(cls, tmp_path):
     """One real ``mmconv inspect`` process per class: its exit code, one
     'error:' line naming the file on stderr, nothing else."""

@@ -17,6 +17,7 @@ from mmconv.ops import Chunk, Concatenate
 from mmconv.report import ConversionReport
 from mmconv.spec import Rule
 from mmconv.writing import stream_save
+from tests.helpers.tiers import sweep
 
 safetensors = pytest.importorskip('safetensors.torch')
 
@@ -189,8 +190,15 @@ STREAMED = ('hf_vit', 'hf_dinov3_vit_gated', 'dinov3_vit', 'timm_dinov3',
             'hf_deformable_detr_twostage')
 
 
-@pytest.mark.parametrize('kind', ['safetensors', 'pth'])
-@pytest.mark.parametrize('name', STREAMED)
+#: (format, kind) cases, every engine path above once in the fast tier
+STREAMED_CASES = [(n, k) for n in STREAMED for k in ('safetensors', 'pth')]
+
+
+@pytest.mark.parametrize('name, kind', sweep(STREAMED_CASES, (
+    'hf_vit-safetensors', 'dinov3_vit-pth', 'timm_dinov3-safetensors',
+    'convnextv2_fcmae-pth', 'moco-pth',
+    'hf_deformable_detr_twostage-safetensors'),
+    [f'{n}-{k}' for n, k in STREAMED_CASES]))
 def test_streamed_conversion_equals_in_memory(name, kind, tmp_path):
     src = _source_file(name, tmp_path, kind)
     _same_conversion(src, str(tmp_path / 'out.pth'))

@@ -16,6 +16,7 @@ from mmconv.cli import preset_main
 from tests.fixtures.mmpretrain_layouts import MMPRETRAIN_BUILDERS
 from tests.fixtures.official_layouts import (ALL_BUILDERS, Layout,
                                              build_dino_student, save_layout)
+from tests.helpers.tiers import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_RCNN = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
@@ -104,7 +105,10 @@ def _expected_detection(layout: Layout) -> str:
     return 'mmdet' if bare else layout.name
 
 
-@pytest.mark.parametrize('i', range(len(BUILDERS)), ids=IDS)
+@pytest.mark.parametrize('i', sweep(range(len(BUILDERS)), (
+    'moco_v2', 'swav_training', 'densecl_released', 'barlowtwins_training',
+    'vicreg_released', 'dino_teacher', 'mmpretrain_byol',
+    'torchvision_layout'), IDS))
 def test_every_layout_converts_to_the_backbone(i):
     """Fast tier, in memory: every layout (released and training files of
     every method) is auto-detected as its method and converts, auto and
@@ -155,19 +159,15 @@ def _source_keys(layout: Layout):
     return list(unwrap(layout.checkpoint).state_dict)
 
 
-def _find(name: str, variant: str = None) -> Layout:
-    for i in range(len(BUILDERS)):
-        layout = _layout(i)
-        if layout.name == name and (variant is None or
-                                    layout.variant == variant):
-            return layout
-    raise LookupError(name)
+def _find(builder: str) -> Layout:
+    """The layout of one builder, by id (building no other)."""
+    return _layout(IDS.index(builder))
 
 
 def test_wrong_method_raises_clear_error(tmp_path):
     """A SwAV file with method='moco' raises naming swav; never random."""
     from mmdet.registry import MODELS
-    layout = _find('swav')
+    layout = _find('swav_released')
     src = save_layout(layout, str(tmp_path))
     cfg = _mask_rcnn_cfg()
     cfg.model.backbone.init_cfg = dict(type='SelfSupPretrained',
@@ -201,7 +201,7 @@ def test_hook_fails_when_pretrained_loaded_nothing(tmp_path):
     converted file."""
     from mmdet.registry import MODELS
     from mmconv.hooks import PretrainedLoadCheckHook
-    layout = _find('moco')
+    layout = _find('moco_v1')
     src = save_layout(layout, str(tmp_path))
     converted = str(tmp_path / 'converted.pth')
     assert preset_main('selfsup2mmdet', [src, converted]) == 0
@@ -232,7 +232,7 @@ def test_stage_outputs_equal_torchvision(tmp_path, backbone):
     converted MoCo file give identical C2-C5 in eval mode."""
     import torchvision
     from mmengine.runner import load_checkpoint
-    layout = _find('moco', 'v2')
+    layout = _find('moco_v2')
     src = save_layout(layout, str(tmp_path))
     dst = tmp_path / 'out.pth'
     assert preset_main('selfsup2mmdet', [src, str(dst), '--selfsup', 'moco']) == 0
@@ -261,7 +261,7 @@ def test_mmdet_selfsup2mmdet_behaviour(tmp_path):
                 for k, v in ckpt['state_dict'].items()
                 if k.startswith('module.encoder_q.')}
 
-    moco = _find('moco', 'v2')
+    moco = _find('moco_v2')
     theirs = mmdet_convert(moco.checkpoint)
     src = save_layout(moco, str(tmp_path))
     assert preset_main('selfsup2mmdet', [src, str(tmp_path / 'o.pth'),
@@ -270,7 +270,7 @@ def test_mmdet_selfsup2mmdet_behaviour(tmp_path):
     assert set(theirs) - set(ours) == {k for k in theirs
                                        if k.startswith('fc.')}
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    swav = _find('swav')
+    swav = _find('swav_released')
     ckpt = swav.checkpoint if 'state_dict' in swav.checkpoint else {
         'state_dict': swav.checkpoint}
     assert mmdet_convert(ckpt) == {}
@@ -281,7 +281,7 @@ def test_mmdet_selfsup2mmdet_behaviour(tmp_path):
 
 def test_dino_student_on_request(tmp_path):
     """DINO: teacher by default, student with --select/select=."""
-    layout = _find('dino', 'teacher')
+    layout = _find('dino_teacher')
     student = build_dino_student()
     src = save_layout(layout, str(tmp_path))
     assert preset_main('selfsup2mmdet', [src, str(tmp_path / 's.pth'),
@@ -292,9 +292,10 @@ def test_dino_student_on_request(tmp_path):
                            layout.backbone['conv1.weight'])
 
 
+@pytest.mark.slow
 def test_script_and_console_command(tmp_path):
     """The real script file and the installed `mmconv` command."""
-    layout = _find('moco', 'v2')
+    layout = _find('moco_v2')
     src = save_layout(layout, str(tmp_path))
     script = os.path.join(ROOT, 'tools', 'model_converters',
                           'selfsup2mmdet.py')
@@ -343,7 +344,7 @@ def test_two_process_gloo_ranks_identical(tmp_path):
     import socket
 
     import torch.multiprocessing as mp
-    layout = _find('moco', 'v2')
+    layout = _find('moco_v2')
     src = save_layout(layout, str(tmp_path))
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

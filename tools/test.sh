@@ -17,7 +17,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/tools/env/setup.sh"
 cd "$ROOT"
 "${MMCONV_VENV:-$ROOT/.venv}/bin/python" -m pytest tests -ra "$@"
-# what needs neither mmcv, mmdet nor timm (their tests skip cleanly)
+# what needs neither mmcv, mmdet nor timm (their tests skip cleanly); every
+# case of a sweep (tests/helpers/tiers.py), not only the representatives
 LIGHT_TESTS=(tests/test_io.py tests/test_torchzip.py tests/test_convert.py
              tests/test_detect.py tests/test_pipeline.py tests/test_layout.py
              tests/test_init.py tests/test_stack.py tests/test_hostile.py
@@ -25,10 +26,10 @@ LIGHT_TESTS=(tests/test_io.py tests/test_torchzip.py tests/test_convert.py
 if [[ -z "${MMCONV_SKIP_TORCH21:-}" ]]; then
   bash "$ROOT/tools/env/setup_torch21.sh"
   "${MMCONV_VENV_TORCH21:-$ROOT/.venv-torch21}/bin/python" -m pytest -ra \
-    -m "not slow" "${LIGHT_TESTS[@]}"
+    -m "not slow or sweep" "${LIGHT_TESTS[@]}"
 fi
 if [[ -z "${MMCONV_SKIP_ONEDL:-}" ]]; then
   bash "$ROOT/tools/env/setup_onedl.sh"
   "${MMCONV_VENV_ONEDL:-$ROOT/.venv-onedl}/bin/python" -m pytest -ra \
-    -m "not slow" "${LIGHT_TESTS[@]}"
+    -m "not slow or sweep" "${LIGHT_TESTS[@]}"
 fi

@@ -14,6 +14,7 @@ import torch
 from mmconv import ConversionError, convert_checkpoint
 from mmconv.detect import candidates
 from tests.fixtures import convnext_layouts as L
+from tests.helpers.tiers import sweep
 
 pytest.importorskip('timm')
 
@@ -77,7 +78,9 @@ def _stage_outputs(model, img: torch.Tensor) -> List[torch.Tensor]:
     return raw, list(normed)
 
 
-@pytest.mark.parametrize('case', list(BUILDERS))
+@pytest.mark.parametrize('case', sweep(BUILDERS, (
+    'official-v1-training', 'official-v2-released', 'fcmae-training',
+    'timm-v2', 'mmpretrain-v1')))
 def test_layout_converts_and_loads(case):
     layout = BUILDERS[case]()
     conv = convert_checkpoint(layout.checkpoint, select=layout.select)
@@ -125,7 +128,9 @@ def test_layout_converts_and_loads(case):
 REFERENCE_CASES = [c for c in BUILDERS if not c.startswith('mmpretrain')]
 
 
-@pytest.mark.parametrize('case', REFERENCE_CASES)
+@pytest.mark.parametrize('case', sweep(REFERENCE_CASES, (
+    'official-v1-training-ema', 'official-v2-released', 'fcmae-released',
+    'timm-conv-mlp')))
 def test_stage_outputs_equal_timm(case):
     """Stage outputs of the converted mmpretrain ConvNeXt equal timm's at
     224 px (fp32, eval, drop path 0) within 1e-5 relative; norm3 equals

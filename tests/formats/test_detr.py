@@ -10,7 +10,6 @@ needs ``bias=True``). Outputs of the official models on seeded weights are in
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -37,6 +36,7 @@ from tests.fixtures.detr_checkpoints import (CASES, build_detector,
                                              load_manifest, manifest_names,
                                              synthesize_checkpoint)
 from tests.fixtures.sources import SOURCES
+from tests.helpers.tiers import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -74,7 +74,9 @@ def test_manifests_are_consistent():
             assert m['keys'][alias] == m['keys'][target]
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.parametrize('name', sweep(sorted(CASES), (
+    'conditional_detr_r50', 'dab_deformable_detr_r50', 'detr_r101',
+    'dino_5scale_r50', 'dn_deformable_detr_r50')))
 def test_auto_detection(name):
     """Sentinel keys name the format; mmconv's ResNet detection does not
     claim any DETR-family checkpoint."""
@@ -93,7 +95,8 @@ def test_resnet_checkpoints_are_not_detr():
     assert detect_format(sd).name == 'torchvision'
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.parametrize('name', sweep(sorted(CASES), (
+    'detr_r50', 'deformable_detr_refine_twostage_r50', 'dino_4scale_r50')))
 def test_converts_and_loads_strictly(name, converted):
     """The CLI output loads into the model of the matching config with zero
     unexpected keys and no missing key (DN: exactly the query parts MMDetection
@@ -224,20 +227,18 @@ def test_keep_classes_and_unknown_layout(tmp_path):
     assert main([str(bad), str(tmp_path / 'x.pth'), '--from', 'detr']) == 5
 
 
-def test_script_and_safetensors(tmp_path):
-    """tools/model_converters/detr_family2mmdet.py converts; shared head
-    tensors are written as copies to safetensors."""
+def test_script_and_safetensors(tmp_path, capsys):
+    """detr_family2mmdet converts (the script file itself runs in
+    tests/test_console_scripts.py); shared head tensors are written as
+    copies to safetensors."""
     ckpt = synthesize_checkpoint(load_manifest('deformable_detr_r50'))
     src = tmp_path / 'ddetr.pth'
     torch.save(ckpt, src)
     dst = tmp_path / 'ddetr.safetensors'
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'tools', 'model_converters',
-                                      'detr_family2mmdet.py'),
-         str(src), str(dst)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert 'deformable-detr_r50_official_coco.py' in proc.stdout
-    assert 'bias=True' in proc.stdout
+    assert main([str(src), str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert 'deformable-detr_r50_official_coco.py' in out
+    assert 'bias=True' in out
     out = load_file(str(dst))
     assert len(out['state_dict']) == 561
 
@@ -422,7 +423,9 @@ def test_two_stage_proposal_classifier_keeps_its_rows():
                        ckpt['model']['class_embed.5.weight'])
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.parametrize('name', sweep(sorted(CASES), (
+    'dab_detr_r50', 'deformable_detr_refine_r50', 'detr_r101',
+    'dino_5scale_r50', 'dn_deformable_detr_r50')))
 def test_the_config_each_format_implies(name):
     """The config the report names (from the format's facts) is the one
     each case is built from; other backbones and variants are named."""
@@ -490,9 +493,9 @@ def test_mmengine_load_checkpoint_strict(tmp_path):
     assert main([str(src), str(dst), '--from', 'deformable_detr']) == 0
     model = build_detector(CASES[name][1])
     load_checkpoint(model, str(dst), map_location='cpu', strict=True)
-    out = load_file(str(dst))
+    out, loaded = load_file(str(dst)), model.state_dict()
     for key, value in out['state_dict'].items():
-        assert torch.equal(model.state_dict()[key], value), key
+        assert torch.equal(loaded[key], value), key
 
 
 # --- verification against the whole MMDetection detector ---------------------
@@ -501,7 +504,9 @@ _DETECTOR_FORMATS = [n for n in format_names('detr') + format_names('detr_hf')
                      if n in SOURCES]
 
 
-@pytest.mark.parametrize('fmt', _DETECTOR_FORMATS)
+@pytest.mark.parametrize('fmt', sweep(_DETECTOR_FORMATS, (
+    'dino_4scale', 'dab_detr', 'deformable_detr', 'detrex_dn_deformable_detr',
+    'hf_deformable_detr_twostage', 'hf_conditional_detr')))
 def test_each_result_is_its_whole_detector(fmt):
     """Each format's result has exactly the names and shapes of the
     MMDetection detector of the config it records, built on the meta
@@ -521,7 +526,8 @@ def test_each_result_is_its_whole_detector(fmt):
         else set())
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.parametrize('name', sweep(sorted(CASES), (
+    'detr_r50', 'deformable_detr_refine_twostage_r50', 'dino_4scale_r50')))
 def test_meta_detector_is_the_config_model(name):
     """The meta-device detector the verification builds (MMDetection's
     config + declared options, FAMILY_CONFIG_MODELS) has the names and

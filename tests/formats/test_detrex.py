@@ -18,6 +18,7 @@ from tests.fixtures.detr_checkpoints import (load_manifest,
                                              synthesize_state_dict)
 from tests.fixtures.detrex_checkpoints import (detrex_state_dict,
                                                load_record, recorded_names)
+from tests.helpers.tiers import sweep
 
 #: recorded layout -> the detrex format mmconv must detect for its output
 DETREX_FORMAT = {
@@ -97,17 +98,22 @@ def test_detrex_not_carried_is_named():
     assert 'NOT carried' in dropped['refpoint_embed.weight']
 
 
-def test_cli_to_detrex_writes_the_model_container(tmp_path):
-    """The installed console script; the output is {'model': ...} and
+@pytest.mark.parametrize('runner', sweep(['main', 'console'], ('main', )))
+def test_cli_to_detrex_writes_the_model_container(tmp_path, runner):
+    """``mmconv convert --to detrex`` (its entry point; the installed
+    console script in the slow tier): the output is {'model': ...} and
     loads with torch.load(weights_only=True)."""
     name = 'detr_r50'
     ckpt = synthesize_checkpoint(load_manifest(name))
     src, dst = tmp_path / 'detr.pth', tmp_path / 'detr_detrex.pth'
     torch.save(ckpt, src)
-    done = subprocess.run([MMCONV, 'convert', str(src), str(dst), '--to',
-                           'detrex'], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
+    args = ['convert', str(src), str(dst), '--to', 'detrex']
+    if runner == 'main':
+        assert mmconv_main(args) == 0
+    else:
+        done = subprocess.run([MMCONV, *args], capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
     out = torch.load(dst, weights_only=True)
     assert list(out) == ['model']
     expected = detrex_state_dict(ckpt['model'], load_record(name))

@@ -21,6 +21,7 @@ from mmconv import ConversionError, convert_checkpoint
 from mmconv.detect import candidates
 from mmconv.ops import OpContext, ResampleGrid
 from tests.fixtures import hf_vit_layouts as H
+from tests.helpers.tiers import sweep
 
 transformers = pytest.importorskip('transformers')
 
@@ -163,8 +164,11 @@ def assert_arrives_by_value(conv, source: Dict[str, torch.Tensor]) -> None:
 
 
 # --- the recorded layouts ---------------------------------------------------
-@pytest.mark.parametrize('version,name,form,tensors', LAYOUTS,
-                         ids=[f'{v}-{n}-{f}' for v, n, f, _ in LAYOUTS])
+@pytest.mark.parametrize('version,name,form,tensors', sweep(LAYOUTS, (
+    '5.25.0-ViTModel-saved', '4.57.6-ViTMAEForPreTraining-saved',
+    '4.57.6-Dinov2Model-swiglu-saved',
+    '5.25.0-Dinov2WithRegistersForImageClassification-state_dict'),
+    [f'{v}-{n}-{f}' for v, n, f, _ in LAYOUTS]))
 def test_recorded_layout_converts_and_loads(version, name, form, tensors):
     source = _synthetic(tensors)
     conv = convert_checkpoint(dict(source))
@@ -311,8 +315,10 @@ FEATURE_CASES = [
 ]
 
 
-@pytest.mark.parametrize('name,form', FEATURE_CASES,
-                         ids=[f'{n}-{f}' for n, f in FEATURE_CASES])
+@pytest.mark.parametrize('name,form', sweep(FEATURE_CASES, (
+    'ViTModel-folder', 'ViTMAEForPreTraining-state_dict',
+    'Dinov2Model-swiglu-folder', 'Dinov2WithRegistersModel-state_dict'),
+    [f'{n}-{f}' for n, f in FEATURE_CASES]))
 def test_features_equal_transformers(name, form, tmp_path):
     extra = {'mask_ratio': 0.0} if 'MAE' in name else {}
     model = _build(name, **extra)
