@@ -18,7 +18,8 @@ from tests.fixtures.official_layouts import (ALL_BUILDERS, Layout,
                                              build_dino_student, save_layout)
 from tests.helpers.tiers import sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 MASK_RCNN = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 BARE = ('mmdet', 'torchvision')
 
