@@ -215,16 +215,15 @@ def _write(obj: Dict[str, Any], fmt: str, raw, tmp: str,
     """Serialise ``obj`` into the open temporary file ``raw`` (path
     ``tmp``); return its sha256 with ``publish``."""
     writer = _HashingWriter(raw) if publish else raw
-    if fmt == 'pytorch' and not _streams(obj) and isinstance(obj, dict) \
-            and isinstance(obj.get('state_dict'), dict):
-        # lazy tensors of a dtype torch.save names no storage type for
-        obj = dict(obj, state_dict=materialize(obj['state_dict']))
+    streams = False
+    if fmt == 'pytorch':
+        obj, streams = _for_torch_save(obj)
     try:
         if fmt == 'safetensors':
             writer.write(_safetensors_bytes(obj))
         elif fmt == 'pkl':  # numpy arrays + plain types (detectron2)
             pickle.dump(obj, writer, protocol=4)
-        elif _streams(obj):  # lazy tensors: read and written one by one
+        elif streams:  # lazy tensors: read and written one by one
             stream_save(obj, writer if publish else tmp)
         elif publish:  # every byte through the hashing writer
             torch.save(obj, writer)
@@ -237,14 +236,19 @@ def _write(obj: Dict[str, Any], fmt: str, raw, tmp: str,
     return writer.sha256.hexdigest() if publish else None
 
 
-def _streams(obj: Any) -> bool:
-    """Whether ``obj`` holds lazy tensors :func:`stream_save` can write."""
+def _for_torch_save(obj: Any) -> Tuple[Any, bool]:
+    """``obj`` as the PyTorch writer takes it, and whether
+    :func:`stream_save` writes it: lazy tensors stream where ``torch.save``
+    names a storage type for every dtype, and are read first otherwise
+    (``torch.save`` would write them as meta tensors)."""
     state_dict = obj.get('state_dict') if isinstance(obj, dict) else None
     if not isinstance(state_dict, dict) or not has_lazy(state_dict):
-        return False
+        return obj, False
     kinds = torch.storage._dtype_to_storage_type_map()
-    return all(v.dtype in kinds for v in state_dict.values()
-               if isinstance(v, torch.Tensor))
+    if all(v.dtype in kinds for v in state_dict.values()
+           if isinstance(v, torch.Tensor)):
+        return obj, True
+    return dict(obj, state_dict=materialize(state_dict)), False
 
 
 class _Storage:
